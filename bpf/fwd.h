@@ -1,0 +1,128 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * fwd.h - every struct and constant shared by the XDP program and the agent.
+ *
+ * This header is the single source of truth for the kernel/user ABI. The
+ * Python mirror lives in fwd/bpf/abi.py; tests/unit/test_abi.py parses this
+ * file and checks that sizes, offsets and constants agree.
+ *
+ * Classification is tuple-space search (see bpf/README.md): every rule is
+ * expanded into (mask, masked key) entries; entries sharing a mask form a
+ * "tuple". For a packet the program builds one key, and for every tuple of
+ * the live generation looks up (key & tuple mask) in one hash map. The entry
+ * with the lowest priority (rule position) over all tuples decides. Tuples
+ * are sorted by the lowest priority they hold, so the search stops as soon
+ * as no later tuple can beat the best match found.
+ *
+ * Atomicity: everything a packet reads is keyed by generation (0 or 1). The
+ * agent fills the inactive generation, then flips fwd_live.gen with one
+ * word-sized array update; each packet reads that word exactly once.
+ *
+ * All multi-byte key fields are in host byte order except addresses, which
+ * are kept as 16 bytes in network order (IPv4 as IPv4-mapped IPv6,
+ * ::ffff:a.b.c.d, so one prefix length covers both families).
+ */
+#ifndef FWD_H
+#define FWD_H
+
+#ifndef __KERNEL__
+#include <linux/types.h>
+#endif
+
+/* Limits: array sizes; the agent may raise map sizes before load. */
+#define FWD_MAX_TUPLES 64          /* distinct masks per generation */
+#define FWD_MAX_SLOTS 131072       /* counter slots (rules + reserved) */
+#define FWD_DEFAULT_RULE_ENTRIES 1048576 /* hash entries, both generations */
+#define FWD_MAX_VLAN 2             /* VLAN tags parsed */
+#define FWD_MAX_IPV6_EXT 6         /* IPv6 extension headers walked */
+
+/* Actions (fwd_verdict.action, fwd_gen_config.default_action). */
+#define FWD_ACT_ALLOW 0
+#define FWD_ACT_DROP 1
+
+/* fwd_verdict.flags: per-rule behaviour. */
+#define FWD_RULE_AUDIT (1 << 0)    /* a drop is only counted as "would drop" */
+#define FWD_RULE_LOG (1 << 1)      /* emit an event when this rule decides */
+
+/* fwd_gen_config.flags: per-policy behaviour. */
+#define FWD_GEN_DRY_RUN (1 << 0)   /* every drop becomes a "would drop" */
+#define FWD_GEN_LOG_DEFAULT (1 << 1) /* emit an event for default-action drops */
+
+/* fwd_key.l4: what the packet's L4 fields mean. */
+#define FWD_L4_PORTS (1 << 0)      /* sport/dport hold real ports */
+#define FWD_L4_ICMP (1 << 1)       /* sport = ICMP type, dport = ICMP code */
+#define FWD_L4_FRAG (1 << 2)       /* packet is a fragment (any) */
+#define FWD_L4_LATER_FRAG (1 << 3) /* non-first fragment: no L4 header */
+
+/*
+ * Reserved counter slots. Rule slots start at FWD_SLOT_FIRST_RULE and are
+ * assigned per stable rule id by the agent, so counters follow a rule id
+ * across policy updates.
+ */
+#define FWD_SLOT_DEFAULT 0         /* no rule matched: the default action */
+#define FWD_SLOT_MALFORMED 1       /* truncated / invalid headers: dropped */
+#define FWD_SLOT_NON_IP 2          /* not IPv4/IPv6 (ARP, LLDP...): passed */
+#define FWD_SLOT_FIRST_RULE 16
+
+/* Key of fwd_rules, also what the program builds from a packet. */
+struct fwd_key {
+	__u32 tuple;      /* gen * FWD_MAX_TUPLES + tuple index */
+	__u32 ifindex;    /* ingress interface */
+	__u8 src[16];     /* network order, IPv4-mapped for IPv4 */
+	__u8 dst[16];
+	__u16 sport;      /* host order; ICMP type when l4 & FWD_L4_ICMP */
+	__u16 dport;      /* host order; ICMP code when l4 & FWD_L4_ICMP */
+	__u8 proto;       /* IP protocol / IPv6 upper-layer next header */
+	__u8 tcp_flags;   /* TCP flags byte (FIN=0x01 ... CWR=0x80) */
+	__u8 l4;          /* FWD_L4_* bits */
+	__u8 pad;         /* always 0 */
+};
+
+/* One tuple: the mask applied to a packet key before lookup. */
+struct fwd_tuple {
+	__u32 ifindex_mask;
+	__u8 src_mask[16];
+	__u8 dst_mask[16];
+	__u16 sport_mask;
+	__u16 dport_mask;
+	__u8 proto_mask;
+	__u8 tcp_flags_mask;
+	__u8 l4_mask;
+	__u8 pad;
+	__u32 min_prio;   /* lowest priority of any entry in this tuple */
+};
+
+/* Value of fwd_rules. */
+struct fwd_verdict {
+	__u32 prio;       /* rule position in the policy: lower wins */
+	__u32 slot;       /* counter slot of the rule (stable per rule id) */
+	__u8 action;      /* FWD_ACT_* */
+	__u8 flags;       /* FWD_RULE_* */
+	__u16 pad;
+};
+
+/* fwd_live[0]: which generation packets use. */
+struct fwd_live {
+	__u32 gen;        /* 0 or 1 */
+	__u32 pad;
+	__u64 revision;   /* policy revision of the live generation (for tools) */
+};
+
+/* fwd_gen[gen]: per-generation policy settings. */
+struct fwd_gen_config {
+	__u32 ntuples;    /* tuples in use, <= FWD_MAX_TUPLES */
+	__u8 default_action;
+	__u8 flags;       /* FWD_GEN_* */
+	__u16 pad;
+	__u64 revision;
+};
+
+/* fwd_counters[slot], per CPU. */
+struct fwd_counter {
+	__u64 packets;    /* packets this slot decided */
+	__u64 bytes;
+	__u64 would_drop_packets; /* drops turned into passes by dry-run/audit */
+	__u64 would_drop_bytes;
+};
+
+#endif /* FWD_H */

@@ -1,0 +1,125 @@
+"""Python mirror of bpf/fwd.h: the structs and constants shared with the XDP program.
+
+bpf/fwd.h is the source of truth. tests/unit/test_abi.py parses the header and
+checks every constant, size and offset here against it, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+MAX_TUPLES = 64
+MAX_SLOTS = 131072
+DEFAULT_RULE_ENTRIES = 1048576
+MAX_VLAN = 2
+MAX_IPV6_EXT = 6
+
+ACT_ALLOW = 0
+ACT_DROP = 1
+
+RULE_AUDIT = 1 << 0
+RULE_LOG = 1 << 1
+
+GEN_DRY_RUN = 1 << 0
+GEN_LOG_DEFAULT = 1 << 1
+
+L4_PORTS = 1 << 0
+L4_ICMP = 1 << 1
+L4_FRAG = 1 << 2
+L4_LATER_FRAG = 1 << 3
+
+SLOT_DEFAULT = 0
+SLOT_MALFORMED = 1
+SLOT_NON_IP = 2
+SLOT_FIRST_RULE = 16
+
+U8x16 = ctypes.c_uint8 * 16
+
+
+class Key(ctypes.Structure):
+    """struct fwd_key: key of the fwd_rules hash map."""
+
+    _fields_ = [
+        ("tuple", ctypes.c_uint32),
+        ("ifindex", ctypes.c_uint32),
+        ("src", U8x16),
+        ("dst", U8x16),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("tcp_flags", ctypes.c_uint8),
+        ("l4", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+    ]
+
+
+class Tuple(ctypes.Structure):
+    """struct fwd_tuple: one mask of the tuple-space search."""
+
+    _fields_ = [
+        ("ifindex_mask", ctypes.c_uint32),
+        ("src_mask", U8x16),
+        ("dst_mask", U8x16),
+        ("sport_mask", ctypes.c_uint16),
+        ("dport_mask", ctypes.c_uint16),
+        ("proto_mask", ctypes.c_uint8),
+        ("tcp_flags_mask", ctypes.c_uint8),
+        ("l4_mask", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+        ("min_prio", ctypes.c_uint32),
+    ]
+
+
+class Verdict(ctypes.Structure):
+    """struct fwd_verdict: value of the fwd_rules hash map."""
+
+    _fields_ = [
+        ("prio", ctypes.c_uint32),
+        ("slot", ctypes.c_uint32),
+        ("action", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+        ("pad", ctypes.c_uint16),
+    ]
+
+
+class Live(ctypes.Structure):
+    """struct fwd_live: the live-generation word (fwd_live[0])."""
+
+    _fields_ = [
+        ("gen", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("revision", ctypes.c_uint64),
+    ]
+
+
+class GenConfig(ctypes.Structure):
+    """struct fwd_gen_config: per-generation policy settings (fwd_gen[gen])."""
+
+    _fields_ = [
+        ("ntuples", ctypes.c_uint32),
+        ("default_action", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+        ("pad", ctypes.c_uint16),
+        ("revision", ctypes.c_uint64),
+    ]
+
+
+class Counter(ctypes.Structure):
+    """struct fwd_counter: per-CPU value of fwd_counters[slot]."""
+
+    _fields_ = [
+        ("packets", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64),
+        ("would_drop_packets", ctypes.c_uint64),
+        ("would_drop_bytes", ctypes.c_uint64),
+    ]
+
+
+STRUCTS: dict[str, type[ctypes.Structure]] = {
+    "fwd_key": Key,
+    "fwd_tuple": Tuple,
+    "fwd_verdict": Verdict,
+    "fwd_live": Live,
+    "fwd_gen_config": GenConfig,
+    "fwd_counter": Counter,
+}
