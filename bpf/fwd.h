@@ -30,7 +30,7 @@
 #endif
 
 /* Limits: array sizes; the agent may raise map sizes before load. */
-#define FWD_MAX_TUPLES 64          /* distinct masks per generation */
+#define FWD_MAX_TUPLES 256         /* distinct masks per generation */
 #define FWD_MAX_SLOTS 131072       /* counter slots (rules + reserved) */
 #define FWD_DEFAULT_RULE_ENTRIES 1048576 /* hash entries, both generations */
 #define FWD_MAX_VLAN 2             /* VLAN tags parsed */

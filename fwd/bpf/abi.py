@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ctypes
 
-MAX_TUPLES = 64
+MAX_TUPLES = 256
 MAX_SLOTS = 131072
 DEFAULT_RULE_ENTRIES = 1048576
 MAX_VLAN = 2
