@@ -1,0 +1,143 @@
+"""The supervisor behind ``fwd agent``: one task group, actors started in dependency order.
+
+Channels are made here and each actor gets only its ends (STYLE.md 1-2):
+
+    Discovery --LinkEvent--> tee --> Links      (attach/detach)
+                                 \\-> Datapath   (interface names for rules)
+    Api --DatapathCommand--> Datapath           (sole writer of BPF maps)
+    Api --ListInterfaces-->  Links
+
+SIGTERM/SIGINT cancel the group and the agent exits 0; an actor that fails or
+returns on its own brings the group down and the agent exits 1.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from fwd import log as fwdlog
+from fwd.actors.datapath import Datapath
+from fwd.actors.discovery import Discovery
+from fwd.actors.links import Links
+from fwd.api.server import Api
+from fwd.bpf.objects import BpfObject
+from fwd.bpf.objpath import default_object_path
+from fwd.bpf.sync import RcuBarrier
+from fwd.dataplane import Dataplane
+from fwd.errors import FwdError
+from fwd.messages import DatapathCommand, LinkEvent, ListInterfaces, Settings
+from fwd.store import SqliteStore
+
+log = structlog.get_logger("fwd.agent")
+
+PROGRAM = "fwd_xdp"
+
+
+class ActorExited(FwdError):
+    """An actor returned while the agent was meant to keep running."""
+
+
+async def _actor(
+    name: str,
+    run: Callable[..., Awaitable[None]],
+    *args: Any,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    await run(*args, task_status=task_status)
+    raise ActorExited(f"actor {name} stopped unexpectedly")
+
+
+async def _tee(
+    source: MemoryObjectReceiveStream[LinkEvent], *sinks: MemoryObjectSendStream[LinkEvent]
+) -> None:
+    """Copy every link event to each sink, in order; closing the source closes the sinks."""
+    async with source:
+        try:
+            async for event in source:
+                for sink in sinks:
+                    await sink.send(event)
+        finally:
+            for sink in sinks:
+                sink.close()
+
+
+async def _signals(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+        async for signum in received:
+            log.info("shutdown_requested", signal=signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+async def serve(settings: Settings, obj_path: Path | None = None) -> None:
+    """Run every actor until cancelled; raises if one of them fails."""
+    bpffs = Path(settings.bpffs_dir)
+    with BpfObject.open(obj_path or default_object_path()) as obj:
+        obj.load()
+        prog = obj.program(PROGRAM)
+        maps = obj.maps()
+        ncpus = next(iter(maps.values())).ncpus
+        store = SqliteStore(settings.state_dir)
+        barrier = RcuBarrier()
+        try:
+            dataplane = Dataplane(maps, ncpus, barrier)
+            datapath = Datapath(dataplane, store)
+            links = Links(
+                prog_fd=prog.fd,
+                include=settings.include,
+                exclude=settings.exclude,
+                pin_dir=bpffs,
+                detach_on_exit=True,
+            )
+            discovery = Discovery()
+            dp_cmd_tx, dp_cmd_rx = anyio.create_memory_object_stream[DatapathCommand](64)
+            ifreq_tx, ifreq_rx = anyio.create_memory_object_stream[ListInterfaces](64)
+            # Link events are never dropped: Discovery waits when Links is busy,
+            # and overflow is handled where it belongs, at the netlink socket.
+            ev_tx, ev_rx = anyio.create_memory_object_stream[LinkEvent](math.inf)
+            lk_tx, lk_rx = anyio.create_memory_object_stream[LinkEvent](math.inf)
+            dl_tx, dl_rx = anyio.create_memory_object_stream[LinkEvent](math.inf)
+            api = Api(datapath=dp_cmd_tx, links=ifreq_tx, settings=settings)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_signals, tg.cancel_scope)
+                await tg.start(_actor, "datapath", datapath.run, dp_cmd_rx, dl_rx)
+                await tg.start(_actor, "links", links.run, lk_rx, ifreq_rx)
+                tg.start_soon(_tee, ev_rx, lk_tx, dl_tx)
+                await tg.start(_actor, "discovery", discovery.run, ev_tx)
+                await tg.start(_actor, "api", api.run)
+                log.info(
+                    "agent_ready",
+                    socket=settings.socket_path,
+                    prog_id=prog.id,
+                    revision=datapath.statistics().revision,
+                )
+        finally:
+            store.close()
+            barrier.close()
+
+
+def run(settings: Settings, *, log_level: str = "info") -> int:
+    """Entry point of ``fwd agent``: returns the process exit code."""
+    fwdlog.configure(log_level)
+    log.info("agent_starting", state_dir=settings.state_dir, bpffs=settings.bpffs_dir)
+    try:
+        anyio.run(serve, settings)
+    except* FwdError as group:
+        for e in group.exceptions:
+            log.error("agent_failed", error=str(e), error_type=type(e).__name__)
+        return 1
+    except* Exception as group:
+        for e in group.exceptions:
+            log.exception("agent_crashed", error=str(e), exc_info=e)
+        return 1
+    log.info("agent_stopped")
+    return 0

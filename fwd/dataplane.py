@@ -1,0 +1,126 @@
+"""The I/O shell over the XDP program's maps: write a generation, flip, read counters.
+
+The Datapath actor is the only caller (sole writer of BPF maps). Everything
+here is synchronous; each call is a handful of bpf(2) syscalls.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from fwd.bpf import abi
+from fwd.policy.compiler import CompiledPolicy
+
+_U32 = struct.Struct("=I")
+_COUNTER = struct.Struct("=QQQQ")
+_KEY_SIZE = ctypes.sizeof(abi.Key)
+assert _COUNTER.size == ctypes.sizeof(abi.Counter)
+
+
+class MapLike(Protocol):
+    """What the dataplane needs of fwd.bpf.objects.Map (a fake can stand in)."""
+
+    @property
+    def value_size(self) -> int: ...
+
+    def lookup(self, key: bytes) -> bytes | None: ...
+
+    def update(self, key: bytes, value: bytes, flags: int = 0) -> None: ...
+
+    def update_batch(self, keys: bytes, values: bytes, count: int) -> None: ...
+
+    def delete_batch(self, keys: bytes, count: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class SlotCounters:
+    packets: int
+    bytes: int
+    would_drop_packets: int
+    would_drop_bytes: int
+
+
+class Dataplane:
+    """Writes compiled policies into the maps of one loaded fwd XDP object."""
+
+    def __init__(self, maps: Mapping[str, MapLike], ncpus: int, barrier: "Barrier") -> None:
+        self._live = maps["fwd_live"]
+        self._gen = maps["fwd_gen"]
+        self._tuples = maps["fwd_tuples"]
+        self._rules = maps["fwd_rules"]
+        self._counters = maps["fwd_counters"]
+        self._ncpus = ncpus
+        self._barrier = barrier
+        # Keys written per generation, so a retired generation can be deleted
+        # exactly, without walking the hash map.
+        self._written: dict[int, tuple[bytes, int]] = {0: (b"", 0), 1: (b"", 0)}
+
+    def live_generation(self) -> int:
+        raw = self._live.lookup(_U32.pack(0))
+        if raw is None:
+            return 0
+        return abi.Live.from_buffer_copy(raw).gen
+
+    def install(self, compiled: CompiledPolicy, revision: int) -> None:
+        """Write ``compiled`` into its (inactive) generation and make it live atomically.
+
+        Order matters: entries and tuples first, the generation's config next,
+        the live word last. A packet reads the live word once, so it sees either
+        the old generation (untouched until after the flip and a barrier) or
+        the new one, complete.
+        """
+        gen = compiled.gen
+        if gen == self.live_generation():
+            raise ValueError(f"generation {gen} is live; compile into the other one")
+        self._clear(gen)
+        n = len(compiled.tuples)
+        if n:
+            idx = b"".join(_U32.pack(gen * abi.MAX_TUPLES + i) for i in range(n))
+            self._tuples.update_batch(idx, b"".join(bytes(t) for t in compiled.tuples), n)
+        if compiled.count:
+            self._rules.update_batch(compiled.keys, compiled.values, compiled.count)
+        self._written[gen] = (compiled.keys, compiled.count)
+        config = abi.GenConfig.from_buffer_copy(bytes(compiled.config))
+        config.revision = revision
+        self._gen.update(_U32.pack(gen), bytes(config))
+        self._live.update(_U32.pack(0), bytes(abi.Live(gen=gen, revision=revision)))
+        # Wait until no program still runs on the old generation, then retire it.
+        self._barrier.wait()
+        self._clear(1 - gen)
+
+    def _clear(self, gen: int) -> None:
+        keys, count = self._written[gen]
+        if count:
+            self._rules.delete_batch(keys, count)
+        self._written[gen] = (b"", 0)
+
+    def zero_slots(self, slots: Iterable[int]) -> None:
+        """Reset per-CPU counters of slots handed to new rule ids."""
+        zero = bytes(self._counters.value_size) * self._ncpus
+        for slot in slots:
+            self._counters.update(_U32.pack(slot), zero)
+
+    def read_counters(self, slots: Iterable[int]) -> dict[int, SlotCounters]:
+        """Sum the per-CPU counters of ``slots``."""
+        stride = (self._counters.value_size + 7) // 8 * 8
+        out: dict[int, SlotCounters] = {}
+        for slot in slots:
+            raw = self._counters.lookup(_U32.pack(slot))
+            sums = [0, 0, 0, 0]
+            if raw is not None:
+                for cpu in range(self._ncpus):
+                    vals = _COUNTER.unpack_from(raw, cpu * stride)
+                    for i in range(4):
+                        sums[i] += vals[i]
+            out[slot] = SlotCounters(*sums)
+        return out
+
+
+class Barrier(Protocol):
+    """Returns once every XDP program run that started before the call has ended."""
+
+    def wait(self) -> None: ...
