@@ -38,7 +38,7 @@ async def test_resync_then_added_then_removed(netns: Netns) -> None:
     netns.veth_pair(ns, "pre0", peer, "pre0p")
     tx, rx = anyio.create_memory_object_stream[LinkEvent](math.inf)
     disc = Discovery()
-    with entered(ns):
+    with rx, entered(ns):
         async with anyio.create_task_group() as tg:
             await tg.start(disc.run, tx)
             # The RESYNC is sent before started(): it is already queued.
@@ -62,12 +62,12 @@ async def test_resync_then_added_then_removed(netns: Netns) -> None:
             assert time.monotonic() - t0 < 1.0
             assert removed.link is not None and removed.link.ifindex == added.link.ifindex
             tg.cancel_scope.cancel()
+        # Shutdown closes the send end: the consumer sees the end of the stream.
+        with pytest.raises(anyio.EndOfStream):
+            while True:
+                rx.receive_nowait()
     stats = disc.statistics()
     assert stats.resyncs == 1 and stats.overflows == 0 and stats.events >= 3
-    # Shutdown closes the send end: the consumer sees the end of the stream.
-    with pytest.raises(anyio.EndOfStream):
-        while True:
-            rx.receive_nowait()
 
 
 async def test_overflow_triggers_full_resync(netns: Netns) -> None:
@@ -75,7 +75,7 @@ async def test_overflow_triggers_full_resync(netns: Netns) -> None:
     tx, rx = anyio.create_memory_object_stream[LinkEvent](math.inf)
     disc = Discovery(rcvbuf=4096)
     names = [f"b{i}" for i in range(200)]
-    with entered(ns):
+    with rx, entered(ns):
         async with anyio.create_task_group() as tg:
             await tg.start(disc.run, tx)
             # The burst runs while this thread (and so the event loop) blocks in
