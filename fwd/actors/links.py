@@ -65,6 +65,10 @@ class Attacher(Protocol):
 
     def detach(self, link: AttachedLink) -> None: ...
 
+    def adopt(self, prog_fd: int, path: Path) -> tuple[AttachedLink, AttachMode]:
+        """Take over the link pinned at ``path`` and make it run ``prog_fd``."""
+        ...
+
 
 class XdpAttacher:
     """The real attacher: best XDP mode via a bpf_link (offload, native, generic)."""
@@ -79,6 +83,18 @@ class XdpAttacher:
 
         assert isinstance(link, XdpLink)
         link.detach()
+
+    def adopt(self, prog_fd: int, path: Path) -> tuple[AttachedLink, AttachMode]:
+        from fwd.bpf.xdp import XdpLink, query_xdp
+
+        link = XdpLink.open_pinned(path)
+        try:
+            link.update(prog_fd)  # atomic swap: the device is never without XDP
+            _, mode = query_xdp(link.ifindex)
+        except BaseException:
+            link.close()
+            raise
+        return link, mode
 
 
 def is_managed(name: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
@@ -243,20 +259,28 @@ class Links:
     def _attach(self, entry: _Entry) -> None:
         ifindex = entry.info.ifindex
         path = self._pin_path(ifindex)
+        adopted = False
+        link: AttachedLink
         if path is not None and path.exists():
-            # Left by an agent that died without detaching. Its link still holds
-            # the device and would make our attach fail with EBUSY; dropping the
-            # pin releases it. (Adopting it with bpf_link_update would avoid the
-            # microseconds without XDP: not done yet.)
-            log.warning("stale_link_pin_removed", path=str(path))
-            path.unlink(missing_ok=True)
-        try:
-            link, mode = self.attacher.attach(self.prog_fd, ifindex)
-        except Exception as exc:  # any failure is reported on the interface
-            self._attach_failures += 1
-            entry.state, entry.mode, entry.error = LinkState.FAILED, AttachMode.NONE, str(exc)
-            log.error("xdp_attach_failed", ifname=entry.info.name, ifindex=ifindex, error=str(exc))
-            return
+            # A previous agent pinned a link here: swap our program into it, so
+            # the device is never without XDP across a restart.
+            try:
+                link, mode = self.attacher.adopt(self.prog_fd, path)
+                adopted = True
+            except Exception as exc:
+                # Defunct (device gone and ifindex reused) or not ours: drop it.
+                log.warning("stale_link_pin_removed", path=str(path), error=str(exc))
+                path.unlink(missing_ok=True)
+        if not adopted:
+            try:
+                link, mode = self.attacher.attach(self.prog_fd, ifindex)
+            except Exception as exc:  # any failure is reported on the interface
+                self._attach_failures += 1
+                entry.state, entry.mode, entry.error = LinkState.FAILED, AttachMode.NONE, str(exc)
+                log.error(
+                    "xdp_attach_failed", ifname=entry.info.name, ifindex=ifindex, error=str(exc)
+                )
+                return
         self._attaches += 1
         entry.link, entry.mode, entry.pinned = link, mode, False
         entry.state, entry.error = LinkState.ATTACHED, ""
@@ -265,7 +289,9 @@ class Links:
         except Exception as exc:  # the ids are for reporting only
             entry.link_id = entry.prog_id = 0
             log.warning("xdp_link_info_failed", ifindex=ifindex, error=str(exc))
-        if path is not None:
+        if adopted:
+            entry.pinned = True
+        elif path is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 link.pin(str(path))
@@ -275,8 +301,8 @@ class Links:
                 entry.error = f"pin {path}: {exc}"
                 log.error("xdp_link_pin_failed", ifname=entry.info.name, path=str(path), error=str(exc))
         log.info(
-            "xdp_attached", ifname=entry.info.name, ifindex=ifindex, mode=mode.value,
-            prog_id=entry.prog_id, link_id=entry.link_id,
+            "xdp_adopted" if adopted else "xdp_attached", ifname=entry.info.name,
+            ifindex=ifindex, mode=mode.value, prog_id=entry.prog_id, link_id=entry.link_id,
         )
 
     def _detach(self, entry: _Entry) -> None:

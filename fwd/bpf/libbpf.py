@@ -60,6 +60,7 @@ BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_LRU_HASH = 9
 BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
 BPF_MAP_TYPE_LPM_TRIE = 11
+BPF_MAP_TYPE_ARRAY_OF_MAPS = 12
 BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE = 21
 BPF_MAP_TYPE_RINGBUF = 27
 PERCPU_MAP_TYPES = frozenset(
@@ -146,6 +147,23 @@ class LinkCreateOpts(Structure):
         ("iter_info_len", c_uint32),
         ("target_btf_id", c_uint32),
         ("kprobe_multi", _KprobeMulti),
+    ]
+
+
+class MapCreateOpts(Structure):
+    """struct bpf_map_create_opts (libbpf 1.1)."""
+
+    _fields_ = [
+        ("sz", c_size_t),
+        ("btf_fd", c_uint32),
+        ("btf_key_type_id", c_uint32),
+        ("btf_value_type_id", c_uint32),
+        ("btf_vmlinux_value_type_id", c_uint32),
+        ("inner_map_fd", c_uint32),
+        ("map_flags", c_uint32),
+        ("map_extra", c_uint64),
+        ("numa_node", c_uint32),
+        ("map_ifindex", c_uint32),
     ]
 
 
@@ -341,6 +359,18 @@ bpf_link_create = _declare(
     "bpf_link_create", c_int, c_int, c_int, c_int, POINTER(LinkCreateOpts)
 )
 bpf_link_detach = _declare("bpf_link_detach", c_int, c_int)
+# opts (struct bpf_link_update_opts) is optional; we always pass NULL.
+bpf_link_update = _declare("bpf_link_update", c_int, c_int, c_int, c_void_p)
+bpf_map_create = _declare(
+    "bpf_map_create",
+    c_int,
+    c_int,
+    c_char_p,
+    c_uint32,
+    c_uint32,
+    c_uint32,
+    POINTER(MapCreateOpts),
+)
 
 # --- error translation (the one place) ----------------------------------------
 

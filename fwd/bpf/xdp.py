@@ -90,6 +90,20 @@ class XdpLink(Handle):
             int(libbpf.bpf_link_detach(self.fd)), f"bpf_link_detach({self.label})"
         )
 
+    def update(self, prog: Program | int) -> None:
+        """Swap the link's program for ``prog`` atomically: no packet goes unfiltered.
+
+        This is how a restarted agent takes over a link a previous one pinned.
+        """
+        prog_fd = prog.fd if isinstance(prog, Program) else prog
+        try:
+            libbpf.check(
+                int(libbpf.bpf_link_update(self.fd, prog_fd, None)),
+                f"bpf_link_update({self.label})",
+            )
+        except BpfError as exc:
+            raise LinkError(str(exc)) from exc
+
     def __repr__(self) -> str:
         return f"<XdpLink {self._name}{' closed' if self.closed else ''}>"
 
