@@ -131,13 +131,23 @@ def run(settings: Settings, *, log_level: str = "info") -> int:
     log.info("agent_starting", state_dir=settings.state_dir, bpffs=settings.bpffs_dir)
     try:
         anyio.run(serve, settings)
-    except* FwdError as group:
-        for e in group.exceptions:
-            log.error("agent_failed", error=str(e), error_type=type(e).__name__)
-        return 1
-    except* Exception as group:
-        for e in group.exceptions:
-            log.exception("agent_crashed", error=str(e), exc_info=e)
-        return 1
+    except BaseException as exc:  # noqa: BLE001 - the process boundary: log, exit code
+        return _failed(exc)
     log.info("agent_stopped")
     return 0
+
+
+def _failed(exc: BaseException) -> int:
+    """Log why the agent stopped (each error of a group) and give the exit code."""
+    if isinstance(exc, KeyboardInterrupt):
+        log.info("agent_stopped", reason="interrupted")
+        return 0
+    errors = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
+    for e in errors:
+        if isinstance(e, BaseExceptionGroup):
+            _failed(e)
+        elif isinstance(e, FwdError):
+            log.error("agent_failed", error=str(e), error_type=type(e).__name__)
+        else:
+            log.error("agent_crashed", error=str(e), error_type=type(e).__name__, exc_info=e)
+    return 1

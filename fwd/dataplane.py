@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fwd.bpf import abi
-from fwd.policy.compiler import CompiledPolicy
+from fwd.policy.compiler import CompiledPolicy, compile_policy
+from fwd.policy.model import Policy
 
 _U32 = struct.Struct("=I")
 _COUNTER = struct.Struct("=QQQQ")
@@ -63,10 +64,32 @@ class Dataplane:
         raw = self._live.lookup(_U32.pack(0))
         if raw is None:
             return 0
-        return abi.Live.from_buffer_copy(raw).gen
+        return int(abi.Live.from_buffer_copy(raw).gen)
 
-    def install(self, compiled: CompiledPolicy, revision: int) -> None:
+    def compile(
+        self,
+        policy: Policy,
+        revision: int,
+        *,
+        slots: Mapping[str, int],
+        ifindexes: Mapping[str, int],
+    ) -> CompiledPolicy:
+        """Compile ``policy`` for the inactive generation (pure; raises on a bad policy)."""
+        return compile_policy(
+            policy,
+            gen=1 - self.live_generation(),
+            slots=slots,
+            ifindexes=ifindexes,
+            revision=revision,
+        )
+
+    def install(
+        self, compiled: CompiledPolicy, revision: int, fresh_slots: Iterable[int] = ()
+    ) -> None:
         """Write ``compiled`` into its (inactive) generation and make it live atomically.
+
+        ``fresh_slots`` are counter slots newly given to rule ids: they are
+        zeroed first, so a rule never inherits a removed rule's packets.
 
         Order matters: entries and tuples first, the generation's config next,
         the live word last. A packet reads the live word once, so it sees either
@@ -77,6 +100,7 @@ class Dataplane:
         if gen == self.live_generation():
             raise ValueError(f"generation {gen} is live; compile into the other one")
         self._clear(gen)
+        self.zero_slots(fresh_slots)
         n = len(compiled.tuples)
         if n:
             idx = b"".join(_U32.pack(gen * abi.MAX_TUPLES + i) for i in range(n))

@@ -29,7 +29,7 @@ from fwd.messages import (
     Reply,
     RuleStats,
 )
-from fwd.policy.compiler import assign_slots, compile_policy
+from fwd.policy.compiler import assign_slots
 from fwd.policy.model import EMPTY_POLICY, Action, Policy
 from fwd.store import Store
 
@@ -172,15 +172,13 @@ class Datapath:
     def _install_sync(
         self, policy: Policy, revision: int, slots: dict[str, int], persist_first: bool
     ) -> None:
-        gen = 1 - self._dp.live_generation()
-        compiled = compile_policy(
-            policy, gen=gen, slots=slots, ifindexes=self._state.ifindexes, revision=revision
+        compiled = self._dp.compile(
+            policy, revision, slots=slots, ifindexes=self._state.ifindexes
         )
         if persist_first:
             self._store.save(revision, policy, slots)
         fresh = set(slots.values()) - set(self._state.slots.values())
-        self._dp.zero_slots(fresh)
-        self._dp.install(compiled, revision)
+        self._dp.install(compiled, revision, fresh)
         self._state.policy, self._state.revision, self._state.slots = policy, revision, slots
         self._stats.revision = revision
         self._stats.entries = compiled.count
