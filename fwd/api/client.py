@@ -1,0 +1,108 @@
+"""A small async client of the agent's API over its unix socket (what the CLI uses)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable
+from types import TracebackType
+from typing import Self, TypeVar
+
+from grpclib.client import Channel
+
+from fwd.api import convert
+from fwd.api.gen.fwd import v1 as pb
+from fwd.errors import FwdError
+from fwd.policy.model import Policy
+
+DEFAULT_SOCKET = "/run/fwd/fwd.sock"
+SOCKET_ENV = "FWD_SOCKET"
+STATS_PAGE_SIZE = 1000
+
+R = TypeVar("R")
+
+
+def default_socket() -> str:
+    """``$FWD_SOCKET`` if set, else the agent's default socket path."""
+    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+
+
+class AgentUnreachable(FwdError):
+    """No agent listens on the socket (it does not exist or refuses connections)."""
+
+
+class Client:
+    """One connection to the agent; use as ``async with Client(path) as client``.
+
+    ``timeout`` bounds each call (grpclib raises asyncio.TimeoutError past it).
+    Server errors arrive as ``grpclib.GRPCError`` with the status and message.
+    """
+
+    def __init__(self, socket_path: str, *, timeout: float = 10.0) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self._channel: Channel | None = None
+
+    async def __aenter__(self) -> Self:
+        if not os.path.exists(self.socket_path):
+            raise AgentUnreachable(f"is the agent running? no socket at {self.socket_path}")
+        self._channel = Channel(path=self.socket_path)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    @property
+    def channel(self) -> Channel:
+        """The open channel; only inside ``async with``."""
+        if self._channel is None:
+            raise RuntimeError("Client used outside 'async with'")
+        return self._channel
+
+    async def get_policy(self) -> pb.GetPolicyResponse:
+        """The enforced policy and its revision."""
+        stub = pb.PolicyServiceStub(self.channel, timeout=self.timeout)
+        return await self._call(stub.get_policy(pb.GetPolicyRequest()))
+
+    async def apply_policy(self, policy: Policy, expect_revision: int | None = None) -> int:
+        """Enforce ``policy``; returns the new revision."""
+        stub = pb.PolicyServiceStub(self.channel, timeout=self.timeout)
+        request = pb.ApplyPolicyRequest(
+            policy=convert.policy_to_proto(policy), expect_revision=expect_revision
+        )
+        response = await self._call(stub.apply_policy(request))
+        return response.revision
+
+    async def list_interfaces(self) -> list[pb.Interface]:
+        """Every interface the agent knows."""
+        stub = pb.InterfaceServiceStub(self.channel, timeout=self.timeout)
+        response = await self._call(stub.list_interfaces(pb.ListInterfacesRequest()))
+        return list(response.interfaces)
+
+    async def list_rule_stats(self, page_size: int = STATS_PAGE_SIZE) -> list[pb.RuleStats]:
+        """Every rule's counters, fetched page by page."""
+        stub = pb.StatsServiceStub(self.channel, timeout=self.timeout)
+        stats: list[pb.RuleStats] = []
+        token = ""
+        while True:
+            request = pb.ListRuleStatsRequest(page_size=page_size, page_token=token)
+            response = await self._call(stub.list_rule_stats(request))
+            stats.extend(response.stats)
+            token = response.next_page_token
+            if not token:
+                return stats
+
+    async def _call(self, call: Awaitable[R]) -> R:
+        """Await one RPC, turning "nobody listens" into AgentUnreachable."""
+        try:
+            return await call
+        except (ConnectionRefusedError, FileNotFoundError) as exc:
+            raise AgentUnreachable(
+                f"is the agent running? cannot connect to {self.socket_path}: {exc.strerror}"
+            ) from None

@@ -1,0 +1,133 @@
+"""Conversions between the proto messages and the agent's own types.
+
+A proto Policy is turned into the plain-data shape of the YAML file and
+validated by ``policy_from_dict``: the API and policy files share one parser,
+so field names in errors (``rules[0].action``) and every rule of validation
+are the same whichever way a policy arrives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fwd import messages
+from fwd.api.gen.fwd import v1 as pb
+from fwd.policy import model
+
+# Proto action -> YAML spelling. UNSPECIFIED is absent on purpose: it means
+# "allow" for default_action and "missing" for a rule (see below).
+_ACTION_NAMES: dict[pb.Action, str] = {pb.Action.ALLOW: "allow", pb.Action.DROP: "drop"}
+_ACTIONS: dict[str, pb.Action] = {v: k for k, v in _ACTION_NAMES.items()}
+
+_MODES: dict[messages.AttachMode, pb.AttachMode] = {
+    messages.AttachMode.NONE: pb.AttachMode.NONE,
+    messages.AttachMode.NATIVE: pb.AttachMode.NATIVE,
+    messages.AttachMode.GENERIC: pb.AttachMode.GENERIC,
+    messages.AttachMode.OFFLOAD: pb.AttachMode.OFFLOAD,
+}
+_STATES: dict[messages.LinkState, pb.InterfaceState] = {
+    messages.LinkState.ATTACHED: pb.InterfaceState.ATTACHED,
+    messages.LinkState.EXCLUDED: pb.InterfaceState.EXCLUDED,
+    messages.LinkState.FAILED: pb.InterfaceState.FAILED,
+}
+
+
+def _action_value(action: pb.Action) -> Any:
+    """The YAML spelling of a known action; an unknown number is passed through
+    so the model's parser rejects it with its usual message."""
+    name = _ACTION_NAMES.get(action)
+    return name if name is not None else int(action.value)
+
+
+def rule_to_dict(rule: pb.Rule) -> dict[str, Any]:
+    """One proto Rule in the YAML shape. Empty fields are left out ("any")."""
+    raw: dict[str, Any] = {"id": rule.id}
+    # UNSPECIFIED is left out, so validation reports "rules[i].action: is required".
+    if rule.action != pb.Action.UNSPECIFIED:
+        raw["action"] = _action_value(rule.action)
+    if rule.protocol:
+        raw["protocol"] = rule.protocol
+    # An empty repeated field means "any"; the YAML parser rejects an empty
+    # list (it would be ambiguous there), so an empty one is simply omitted.
+    for key in ("src", "dst", "src_ports", "dst_ports", "interfaces"):
+        values: list[str] = getattr(rule, key)
+        if values:
+            raw[key] = list(values)
+    if rule.log:
+        raw["log"] = True
+    return raw
+
+
+def proto_policy_to_dict(policy: pb.Policy | None) -> dict[str, Any]:
+    """A proto Policy in the YAML shape (absent means the empty policy)."""
+    if policy is None:
+        return {}
+    raw: dict[str, Any] = {"dry_run": policy.dry_run}
+    if policy.default_action != pb.Action.UNSPECIFIED:
+        raw["default_action"] = _action_value(policy.default_action)
+    raw["rules"] = [rule_to_dict(r) for r in policy.rules]
+    return raw
+
+
+def policy_from_proto(policy: pb.Policy | None) -> model.Policy:
+    """Validate a proto Policy; raises PolicyError naming the field."""
+    return model.policy_from_dict(proto_policy_to_dict(policy))
+
+
+def policy_to_proto(policy: model.Policy) -> pb.Policy:
+    """The inverse of policy_from_proto (normalised: networks, protocol names)."""
+    raw = model.policy_to_dict(policy)
+    rules = []
+    for r in raw["rules"]:
+        rules.append(
+            pb.Rule(
+                id=r["id"],
+                action=_ACTIONS[r["action"]],
+                protocol=str(r.get("protocol", "")),
+                src=list(r.get("src", [])),
+                dst=list(r.get("dst", [])),
+                src_ports=list(r.get("src_ports", [])),
+                dst_ports=list(r.get("dst_ports", [])),
+                interfaces=list(r.get("interfaces", [])),
+                log=bool(r.get("log", False)),
+            )
+        )
+    return pb.Policy(
+        default_action=_ACTIONS[raw["default_action"]],
+        dry_run=raw["dry_run"],
+        rules=rules,
+    )
+
+
+def interface_to_proto(status: messages.InterfaceStatus) -> pb.Interface:
+    """A Links actor's InterfaceStatus as a proto Interface."""
+    return pb.Interface(
+        name=status.name,
+        ifindex=status.ifindex,
+        mode=_MODES[status.mode],
+        prog_id=status.prog_id,
+        link_id=status.link_id,
+        state=_STATES[status.state],
+        error=status.error,
+    )
+
+
+def rule_stats_to_proto(stats: messages.RuleStats) -> pb.RuleStats:
+    """A Datapath RuleStats as a proto RuleStats (an unknown action is UNSPECIFIED)."""
+    return pb.RuleStats(
+        rule_id=stats.rule_id,
+        action=_ACTIONS.get(stats.action, pb.Action.UNSPECIFIED),
+        packets=stats.packets,
+        bytes=stats.bytes,
+        would_drop_packets=stats.would_drop_packets,
+        would_drop_bytes=stats.would_drop_bytes,
+    )
+
+
+def policy_to_yaml_dict(policy: pb.Policy) -> dict[str, Any]:
+    """A proto Policy as the YAML file would spell it (for ``fwd policy get``).
+
+    Goes through the model so the output is exactly what ``policy apply``
+    accepts back.
+    """
+    return model.policy_to_dict(policy_from_proto(policy))

@@ -1,0 +1,373 @@
+"""The ``fwd`` command: run the agent, or talk to a running one over its API.
+
+A thin client: every command except ``agent`` is one or a few gRPC calls on
+the agent's unix socket, printed as a plain-text table or as JSON. Exit codes:
+0 success, 1 an error (printed as ``fwd: <status>: <message>``), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TextIO
+
+import anyio
+from grpclib import GRPCError
+from grpclib.exceptions import StreamTerminatedError
+
+from fwd.api.client import SOCKET_ENV, AgentUnreachable, Client, default_socket
+from fwd.api.convert import policy_from_proto
+from fwd.api.gen.fwd import v1 as pb
+from fwd.errors import PolicyError
+from fwd.messages import Settings
+from fwd.policy.files import dump_policy_yaml, load_policy_file
+from fwd.policy.model import policy_to_dict
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+COMMANDS_EPILOG = """\
+commands:
+  fwd agent [--socket PATH] [--state-dir DIR] [--bpffs DIR] [--include GLOB]...
+            [--exclude GLOB]... [--log-level LEVEL]
+  fwd policy get [-o yaml|json]
+  fwd policy apply FILE [--expect-revision N]
+  fwd interfaces [-o table|json]
+  fwd stats [-o table|json]
+
+Client commands take --socket PATH (default: $FWD_SOCKET or /run/fwd/fwd.sock)
+and --timeout SECONDS. 'fwd COMMAND --help' describes each command.
+
+exit status: 0 success, 1 error (printed as 'fwd: STATUS: message'), 2 bad usage.
+"""
+
+
+class _Failed(Exception):
+    """A command failed; the message is printed after "fwd: "."""
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Columns padded to their widest cell; numbers right-aligned, text left-aligned."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    numeric = [
+        bool(rows) and all(isinstance(row[i], int) for row in rows) for i in range(len(headers))
+    ]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(headers))]
+    lines = []
+    for line in cells:
+        parts = [
+            c.rjust(w) if num else c.ljust(w)
+            for c, w, num in zip(line, widths, numeric, strict=True)
+        ]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, indent=2) + "\n"
+
+
+def _enum_name(value: Any) -> str:
+    """An enum member as lower-case text ("native"); an unknown value as its number."""
+    name = getattr(value, "name", None)
+    if not name or name.startswith("~"):
+        return str(int(value))
+    return str(name).lower()
+
+
+def interface_to_json(iface: pb.Interface) -> dict[str, Any]:
+    return {
+        "name": iface.name,
+        "ifindex": iface.ifindex,
+        "state": _enum_name(iface.state),
+        "mode": _enum_name(iface.mode),
+        "prog_id": iface.prog_id,
+        "link_id": iface.link_id,
+        "error": iface.error,
+    }
+
+
+def rule_stats_to_json(stats: pb.RuleStats) -> dict[str, Any]:
+    return {
+        "rule_id": stats.rule_id,
+        "action": _enum_name(stats.action),
+        "packets": stats.packets,
+        "bytes": stats.bytes,
+        "would_drop_packets": stats.would_drop_packets,
+        "would_drop_bytes": stats.would_drop_bytes,
+    }
+
+
+# --- client commands ---------------------------------------------------------
+
+
+async def _policy_get(client: Client, args: argparse.Namespace, out: TextIO) -> None:
+    response = await client.get_policy()
+    policy = policy_from_proto(response.policy)
+    if args.output == "json":
+        out.write(_dumps({"revision": response.revision, "policy": policy_to_dict(policy)}))
+    else:
+        # The revision as a comment keeps the output a valid policy file.
+        out.write(f"# revision: {response.revision}\n{dump_policy_yaml(policy)}")
+
+
+def _load_policy(args: argparse.Namespace) -> None:
+    """Validate the file before connecting: a broken file needs no agent to be reported."""
+    try:
+        args.policy = load_policy_file(args.file)
+    except PolicyError as exc:
+        text = str(exc)
+        raise _Failed(text if args.file in text else f"{args.file}: {text}") from None
+
+
+async def _policy_apply(client: Client, args: argparse.Namespace, out: TextIO) -> None:
+    revision = await client.apply_policy(args.policy, args.expect_revision)
+    out.write(f"applied revision {revision}\n")
+
+
+async def _interfaces(client: Client, args: argparse.Namespace, out: TextIO) -> None:
+    interfaces = [interface_to_json(i) for i in await client.list_interfaces()]
+    if args.output == "json":
+        out.write(_dumps(interfaces))
+        return
+    keys = ("name", "ifindex", "state", "mode", "prog_id", "link_id", "error")
+    headers = ("NAME", "IFINDEX", "STATE", "MODE", "PROG", "LINK", "ERROR")
+    out.write(format_table(headers, [[i[k] for k in keys] for i in interfaces]))
+
+
+async def _stats(client: Client, args: argparse.Namespace, out: TextIO) -> None:
+    stats = [rule_stats_to_json(s) for s in await client.list_rule_stats()]
+    if args.output == "json":
+        out.write(_dumps(stats))
+        return
+    keys = ("rule_id", "action", "packets", "bytes", "would_drop_packets", "would_drop_bytes")
+    headers = ("RULE", "ACTION", "PACKETS", "BYTES", "WOULD_DROP_PACKETS", "WOULD_DROP_BYTES")
+    out.write(format_table(headers, [[s[k] for k in keys] for s in stats]))
+
+
+Command = Callable[[Client, argparse.Namespace, TextIO], Awaitable[None]]
+
+
+def _run_client(command: Command, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    async def go() -> None:
+        async with Client(args.socket, timeout=args.timeout) as client:
+            await command(client, args, out)
+
+    try:
+        prepare = getattr(args, "prepare", None)
+        if prepare is not None:
+            prepare(args)
+        anyio.run(go)
+    except GRPCError as exc:
+        err.write(f"fwd: {exc.status.name}: {exc.message or ''}\n")
+        return 1
+    except (AgentUnreachable, _Failed) as exc:
+        err.write(f"fwd: {exc}\n")
+        return 1
+    except TimeoutError:  # grpclib raises asyncio.TimeoutError, the same class since 3.11
+        err.write(f"fwd: DEADLINE_EXCEEDED: no answer from the agent within {args.timeout:g}s\n")
+        return 1
+    except (ConnectionError, StreamTerminatedError) as exc:
+        # The agent went away mid-call (restart, shutdown).
+        err.write(f"fwd: UNAVAILABLE: connection to {args.socket} failed: {exc}\n")
+        return 1
+    return 0
+
+
+# --- agent -------------------------------------------------------------------
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from fwd import agent  # lazily: it pulls in libbpf and netlink
+
+    settings = Settings(
+        socket_path=args.socket,
+        state_dir=args.state_dir,
+        bpffs_dir=args.bpffs,
+        include=tuple(args.include) if args.include else Settings().include,
+        exclude=tuple(args.exclude),
+    )
+    return agent.run(settings, log_level=args.log_level)
+
+
+# --- argument parsing ----------------------------------------------------------
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def _revision(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
+    return value
+
+
+def _client_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--socket",
+        default=default_socket(),
+        metavar="PATH",
+        help=f"the agent's API socket (default: ${SOCKET_ENV} or %(default)s)",
+    )
+    common.add_argument(
+        "--timeout",
+        type=_positive,
+        default=10.0,
+        metavar="SECONDS",
+        help="give up on each call after this long (default: %(default)s)",
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; ``fwd --help`` lists every command."""
+    parser = argparse.ArgumentParser(
+        prog="fwd",
+        description="An API-first XDP firewall. 'fwd agent' runs the agent on this node; "
+        "the other commands talk to a running agent over its gRPC unix socket.",
+        epilog=COMMANDS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = _client_options()
+    defaults = Settings()
+
+    agent = sub.add_parser(
+        "agent",
+        help="run the agent (needs root: loads BPF, attaches XDP)",
+        description="Run the agent in the foreground until SIGTERM or SIGINT.",
+    )
+    agent.add_argument(
+        "--socket",
+        default=default_socket(),
+        metavar="PATH",
+        help=f"serve the API on this unix socket (default: ${SOCKET_ENV} or %(default)s)",
+    )
+    agent.add_argument(
+        "--state-dir",
+        default=defaults.state_dir,
+        metavar="DIR",
+        help="desired state (policies, revisions) lives here (default: %(default)s)",
+    )
+    agent.add_argument(
+        "--bpffs",
+        default=defaults.bpffs_dir,
+        metavar="DIR",
+        help="pin programs, links and maps here (default: %(default)s)",
+    )
+    agent.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="manage interfaces whose name matches GLOB; repeatable (default: '*')",
+    )
+    agent.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="never manage interfaces matching GLOB, even if included; repeatable",
+    )
+    agent.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="info",
+        help="log verbosity (default: %(default)s)",
+    )
+    agent.set_defaults(handler=_agent)
+
+    policy = sub.add_parser(
+        "policy",
+        help="get or apply the policy",
+        description="Read or replace the policy the agent enforces.",
+    )
+    policy_sub = policy.add_subparsers(dest="policy_command", metavar="COMMAND", required=True)
+    get = policy_sub.add_parser(
+        "get",
+        parents=[common],
+        help="print the enforced policy and its revision",
+        description="Print the enforced policy. YAML output is a valid policy file "
+        "(the revision is a comment); JSON is {revision, policy}.",
+    )
+    get.add_argument(
+        "-o",
+        "--output",
+        choices=("yaml", "json"),
+        default="yaml",
+        help="output format (default: %(default)s)",
+    )
+    get.set_defaults(client=_policy_get)
+    apply = policy_sub.add_parser(
+        "apply",
+        parents=[common],
+        help="validate a policy file and enforce it atomically",
+        description="Validate FILE (YAML or JSON), then have the agent enforce it "
+        "atomically. Prints the new revision.",
+    )
+    apply.add_argument("file", metavar="FILE", help="the policy file (YAML or JSON)")
+    apply.add_argument(
+        "--expect-revision",
+        type=_revision,
+        metavar="N",
+        help="fail unless revision N is the one enforced now (from 'fwd policy get'), "
+        "so concurrent writers cannot overwrite each other",
+    )
+    apply.set_defaults(client=_policy_apply, prepare=_load_policy)
+
+    ifaces = sub.add_parser(
+        "interfaces",
+        parents=[common],
+        help="list interfaces with attach mode, program id and state",
+        description="List the interfaces the agent knows: XDP attach mode, program and "
+        "link ids, and whether each is attached, excluded or failed.",
+    )
+    ifaces.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json"),
+        default="table",
+        help="output format (default: %(default)s)",
+    )
+    ifaces.set_defaults(client=_interfaces)
+
+    stats = sub.add_parser(
+        "stats",
+        parents=[common],
+        help="per-rule packet and byte counters",
+        description="Per-rule counters (packets, bytes, and would-drop counts in dry-run), "
+        "fetched page by page.",
+    )
+    stats.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json"),
+        default="table",
+        help="output format (default: %(default)s)",
+    )
+    stats.set_defaults(client=_stats)
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
+    """Run ``fwd`` with ``argv`` (default: sys.argv[1:]); returns the exit status."""
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    if getattr(args, "client", None) is not None:
+        return _run_client(args.client, args, out, err)
+    code: int = args.handler(args)
+    return code
