@@ -25,6 +25,7 @@ PORT_PROTOCOLS = frozenset({6, 17, 132})
 MAX_RULES = 131072 - 16  # counter slots minus the reserved ones (bpf/fwd.h)
 RULE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 IFACE_GLOB_RE = re.compile(r"^[A-Za-z0-9_.:*?\[\]!@-]{1,64}$")
+_DIGITS_RE = re.compile(r"^[0-9]{1,10}$")
 
 POLICY_KEYS = frozenset({"default_action", "dry_run", "rules"})
 RULE_KEYS = frozenset(
@@ -114,7 +115,7 @@ def parse_protocol(value: Any, field: str = "protocol") -> int:
         name = value.strip().lower()
         if name in PROTOCOLS:
             return PROTOCOLS[name]
-        if name.isdigit():
+        if _DIGITS_RE.match(name):
             value = int(name)
         else:
             names = " | ".join(PROTOCOLS)
@@ -128,13 +129,19 @@ def parse_cidr(value: Any, field: str) -> IPNetwork:
     if not isinstance(value, str):
         raise PolicyError(field, f"must be a CIDR or address string, not {value!r}")
     try:
-        return ipaddress.ip_network(value.strip(), strict=False)
+        net = ipaddress.ip_network(value.strip(), strict=False)
     except ValueError:
         raise PolicyError(field, f"invalid CIDR or address {value!r}") from None
+    if isinstance(net, ipaddress.IPv6Network) and net.network_address.scope_id:
+        # The data plane matches addresses only; a zone (fe80::1%eth0) would be ignored.
+        raise PolicyError(field, f"zone index not allowed in {value!r} (use interfaces)")
+    return net
 
 
 def _port(text: str, value: Any, field: str) -> int:
-    if not text.strip().isdigit():
+    # ASCII digits only and bounded length: str.isdigit() accepts "²" and int() refuses
+    # strings past 4300 digits, both of which escaped as ValueError.
+    if not _DIGITS_RE.match(text.strip()):
         raise PolicyError(field, f"invalid port {value!r}")
     port = int(text)
     if not 0 <= port <= 65535:
@@ -230,7 +237,9 @@ def policy_from_dict(raw: Any) -> Policy:
         raise PolicyError(unknown[0], "unknown field")
     default = _action(raw.get("default_action", "allow"), "default_action")
     dry_run = _bool(raw.get("dry_run", False), "dry_run")
-    raw_rules = raw.get("rules") or []
+    raw_rules = raw.get("rules")
+    if raw_rules is None:  # "rules:" with nothing after it, or left out
+        raw_rules = []
     if not isinstance(raw_rules, list):
         raise PolicyError("rules", f"must be a list, not {type(raw_rules).__name__}")
     if len(raw_rules) > MAX_RULES:
