@@ -96,7 +96,7 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
                 include=settings.include,
                 exclude=settings.exclude,
                 pin_dir=bpffs,
-                detach_on_exit=True,
+                detach_on_exit=settings.detach_on_exit,
             )
             discovery = Discovery()
             dp_cmd_tx, dp_cmd_rx = anyio.create_memory_object_stream[DatapathCommand](64)

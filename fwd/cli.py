@@ -30,7 +30,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 COMMANDS_EPILOG = """\
 commands:
   fwd agent [--socket PATH] [--state-dir DIR] [--bpffs DIR] [--include GLOB]...
-            [--exclude GLOB]... [--log-level LEVEL]
+            [--exclude GLOB]... [--detach-on-exit] [--log-level LEVEL]
   fwd policy get [-o yaml|json]
   fwd policy apply FILE [--expect-revision N]
   fwd interfaces [-o table|json]
@@ -187,6 +187,7 @@ def _agent(args: argparse.Namespace) -> int:
         bpffs_dir=args.bpffs,
         include=tuple(args.include) if args.include else Settings().include,
         exclude=tuple(args.exclude),
+        detach_on_exit=args.detach_on_exit,
     )
     return agent.run(settings, log_level=args.log_level)
 
@@ -275,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="GLOB",
         help="never manage interfaces matching GLOB, even if included; repeatable",
+    )
+    agent.add_argument(
+        "--detach-on-exit",
+        action="store_true",
+        help="on SIGTERM/SIGINT detach XDP and remove the pins; by default enforcement "
+        "stays in place (pinned) and the next agent adopts it without a gap",
     )
     agent.add_argument(
         "--log-level",

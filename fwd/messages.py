@@ -158,3 +158,6 @@ class Settings:
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = field(default_factory=tuple)
     reply_timeout: float = 10.0
+    # On a clean exit, keep XDP attached (pinned links keep enforcing the last
+    # policy, and the next agent adopts them) or detach everything.
+    detach_on_exit: bool = False

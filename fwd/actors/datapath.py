@@ -29,7 +29,7 @@ from fwd.messages import (
     Reply,
     RuleStats,
 )
-from fwd.policy.compiler import assign_slots
+from fwd.policy.compiler import assign_slots, fresh_slots
 from fwd.policy.model import EMPTY_POLICY, Action, Policy
 from fwd.store import Store
 
@@ -177,8 +177,7 @@ class Datapath:
         )
         if persist_first:
             self._store.save(revision, policy, slots)
-        fresh = set(slots.values()) - set(self._state.slots.values())
-        self._dp.install(compiled, revision, fresh)
+        self._dp.install(compiled, revision, fresh_slots(self._state.slots, slots))
         self._state.policy, self._state.revision, self._state.slots = policy, revision, slots
         self._stats.revision = revision
         self._stats.entries = compiled.count

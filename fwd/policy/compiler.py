@@ -84,6 +84,15 @@ def assign_slots(
     return {rule_id: result[rule_id] for rule_id in wanted}
 
 
+def fresh_slots(previous: Mapping[str, int], current: Mapping[str, int]) -> set[int]:
+    """Slots whose rule id is new to them: their counters must start from zero.
+
+    Judged per (id, slot) pair, not per slot number: a slot freed by one id and
+    taken by another in the same apply is fresh although the number stays in use.
+    """
+    return {slot for rule_id, slot in current.items() if previous.get(rule_id) != slot}
+
+
 def port_blocks(first: int, last: int) -> list[tuple[int, int]]:
     """Split the inclusive range first-last into the fewest aligned (value, mask) blocks."""
     blocks = []

@@ -19,7 +19,7 @@ from fwd.bpf.objects import BpfObject, Program
 from fwd.bpf.sync import RcuBarrier
 from fwd.dataplane import Dataplane
 from fwd.policy import reference
-from fwd.policy.compiler import assign_slots
+from fwd.policy.compiler import assign_slots, fresh_slots
 from fwd.policy.model import Policy, policy_from_dict
 from tests import packets as P
 
@@ -47,7 +47,7 @@ class Plane:
         slots = assign_slots(self.slots, [r.id for r in policy.rules])
         self.revision += 1
         compiled = self.dp.compile(policy, self.revision, slots=slots, ifindexes={"lo": LO})
-        self.dp.install(compiled, self.revision, set(slots.values()) - set(self.slots.values()))
+        self.dp.install(compiled, self.revision, fresh_slots(self.slots, slots))
         self.slots = slots
 
     def packets(self, slot: int) -> tuple[int, int]:
@@ -229,6 +229,19 @@ def test_counters_follow_rule_ids_across_updates(plane: Plane) -> None:
     plane.install(policy_from_dict({"rules": [{"id": "other", "action": "allow", "protocol": "tcp"}, {"id": "new", "action": "drop", "protocol": "udp"}]}))
     assert plane.slots["new"] == old_slot
     assert plane.packets(old_slot)[0] == 0
+
+
+def test_slot_handed_to_another_id_in_one_apply_is_zeroed(plane: Plane) -> None:
+    """Slot numbers stay in use while ids swap them: freshness is per (id, slot)."""
+    frame = P.eth_ipv4("198.18.1.2", "198.18.0.1", P.UDP, P.udp(1, 9999))
+    plane.install(policy_from_dict({"rules": [{"id": "a", "action": "drop", "protocol": "udp"}]}))
+    for _ in range(3):
+        plane.prog.test_run(frame)
+    slot_a = plane.slots["a"]
+    assert plane.packets(slot_a)[0] >= 3
+    plane.install(policy_from_dict({"rules": [{"id": "b", "action": "drop", "protocol": "tcp"}]}))
+    assert plane.slots["b"] == slot_a
+    assert plane.packets(slot_a)[0] == 0
 
 
 def test_retired_generation_is_emptied(plane: Plane) -> None:
