@@ -215,6 +215,7 @@ static __always_inline int parse_ipv6(struct cursor *c, struct fwd_key *key)
 		return PKT_MALFORMED;
 	__builtin_memcpy(key->src, &ip6->saddr, 16);
 	__builtin_memcpy(key->dst, &ip6->daddr, 16);
+	key->l4 |= FWD_L4_IPV6; /* family: IPv4-mapped sources must not pass as IPv4 */
 	nh = ip6->nexthdr;
 
 	/* Walk at most FWD_MAX_IPV6_EXT extension headers. */

@@ -53,6 +53,10 @@
 #define FWD_L4_ICMP (1 << 1)       /* sport = ICMP type, dport = ICMP code */
 #define FWD_L4_FRAG (1 << 2)       /* packet is a fragment (any) */
 #define FWD_L4_LATER_FRAG (1 << 3) /* non-first fragment: no L4 header */
+#define FWD_L4_IPV6 (1 << 4)       /* an IPv6 packet: rules with addresses match one
+                                    * family only, so ::/0 never covers IPv4 and an
+                                    * IPv6 packet from ::ffff:a.b.c.d never matches
+                                    * an IPv4 rule */
 
 /*
  * Reserved counter slots. Rule slots start at FWD_SLOT_FIRST_RULE and are

@@ -251,8 +251,15 @@ def compile_policy(
                 for sp_mask, sp in sports:
                     for dp_mask, dp in dports:
                         for if_mask, ifindex in ifaces:
-                            sig = (if_mask, s_plen, d_plen, sp_mask, dp_mask, proto_mask, l4)
-                            val = (ifindex, s_val, d_val, sp, dp, proto, l4)
+                            # A rule with addresses matches their family only.
+                            ver = s_ver or d_ver
+                            fam_mask = abi.L4_IPV6 if ver else 0
+                            fam = abi.L4_IPV6 if ver == 6 else 0
+                            sig = (
+                                if_mask, s_plen, d_plen, sp_mask, dp_mask, proto_mask,
+                                l4 | fam_mask,
+                            )
+                            val = (ifindex, s_val, d_val, sp, dp, proto, l4 | fam)
                             bucket = tuples.get(sig)
                             if bucket is None:
                                 bucket = tuples[sig] = {}

@@ -78,6 +78,7 @@ class ParsedPacket:
             | (abi.L4_ICMP if self.is_icmp else 0)
             | (abi.L4_FRAG if self.fragment else 0)
             | (abi.L4_LATER_FRAG if self.later_fragment else 0)
+            | (abi.L4_IPV6 if self.family == 6 else 0)
         )
 
 
@@ -249,6 +250,8 @@ def _mapped(addr: IPAddress) -> int:
 def _in_prefix(addr: IPAddress, net: IPNetwork | None) -> bool:
     if net is None:
         return True
+    if net.version != addr.version:
+        return False  # families never cross (an IPv4-mapped IPv6 source is IPv6)
     if net.version == 4:
         value, plen = (0xFFFF << 32) | int(net.network_address), 96 + net.prefixlen
     else:

@@ -145,7 +145,7 @@ def test_struct_packers_match_ctypes() -> None:
         7,
         22,
         6,
-        abi.L4_PORTS,
+        abi.L4_PORTS,  # an IPv4 rule: the IPv6 bit must be clear
         0,
     )
     assert bytes(key.src) == ipaddress.ip_address("::ffff:198.18.1.0").packed
@@ -164,7 +164,7 @@ def test_struct_packers_match_ctypes() -> None:
         0xFFFF,
         0xFFFF,
         0xFF,
-        abi.L4_PORTS,
+        abi.L4_PORTS | abi.L4_IPV6,
         0,
     )
     assert t.tcp_flags_mask == 0

@@ -51,6 +51,7 @@ def test_udp_ipv6() -> None:
     assert p.kind is PacketKind.IP and p.family == 6
     assert (p.src, p.dst) == (ipaddress.ip_address(A6), ipaddress.ip_address(B6))
     assert (p.proto, p.sport, p.dport, p.tcp_flags) == (17, 5353, 53, 0)
+    assert p.l4 == abi.L4_PORTS | abi.L4_IPV6
 
 
 @pytest.mark.parametrize(
@@ -65,7 +66,7 @@ def test_icmp(frame: bytes, proto: int, icmp: tuple[int, int]) -> None:
     p = parse(frame)
     assert p.kind is PacketKind.IP and p.proto == proto
     assert p.is_icmp and not p.has_ports and (p.icmp_type, p.icmp_code) == icmp
-    assert p.l4 == abi.L4_ICMP
+    assert p.l4 == abi.L4_ICMP | (abi.L4_IPV6 if p.family == 6 else 0)
 
 
 def test_sctp_has_ports() -> None:
@@ -296,12 +297,18 @@ def test_dry_run_turns_drops_into_would_drops() -> None:
     )
 
 
-def test_ipv4_rules_match_ipv4_mapped_addresses_as_the_contract_says() -> None:
+def test_address_families_never_cross() -> None:
+    """An IPv6 packet from ::ffff:a.b.c.d is IPv6 (it must not pass an IPv4 allow rule),
+    and ::/0 covers every IPv6 address but no IPv4 one."""
     policy = load_policy_text("rules: [{id: v4, action: drop, src: [198.18.0.0/15]}]")
     mapped = P.eth_ipv6("::ffff:198.18.0.9", B6, P.UDP, P.udp(1, 2))
-    assert classify(policy, mapped, slots={"v4": 16}) == Decision(XDP_DROP, 16, "v4")
+    assert classify(policy, mapped, slots={"v4": 16}).rule_id is None
     any6 = load_policy_text("rules: [{id: all6, action: drop, src: ['::/0']}]")
-    assert classify(any6, TCP4, slots={"all6": 16}).rule_id == "all6"
+    assert classify(any6, TCP4, slots={"all6": 16}).rule_id is None
+    assert classify(any6, mapped, slots={"all6": 16}).rule_id == "all6"
+    any4 = load_policy_text("rules: [{id: all4, action: drop, dst: ['0.0.0.0/0']}]")
+    assert classify(any4, TCP4, slots={"all4": 16}).rule_id == "all4"
+    assert classify(any4, mapped, slots={"all4": 16}).rule_id is None
 
 
 def test_mixed_family_pairs_never_match() -> None:
