@@ -30,7 +30,7 @@ cleanup() {
     rm -rf "$RUN" "$PIN"
 }
 trap cleanup EXIT
-cleanup; AGENT_PID=""
+cleanup; set -e
 
 for ns in $A $B $C; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
 ip -n $B link add veth-a type veth peer name eth0 netns $A
@@ -50,8 +50,8 @@ for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
 [ -S "$SOCK" ] || { echo "agent did not start" >&2; exit 1; }
 
 echo "== applying contrib/examples/demo-policy.yaml"
-"$FWD" --socket "$SOCK" policy apply contrib/examples/demo-policy.yaml
-"$FWD" --socket "$SOCK" interfaces
+"$FWD" policy apply --socket "$SOCK" contrib/examples/demo-policy.yaml
+"$FWD" interfaces --socket "$SOCK"
 
 send() { # ns dst port
     ip netns exec "$1" "$PY" contrib/udp.py send --to "$2" --port "$3" --count 10 >/dev/null
@@ -67,11 +67,14 @@ RECV=$!; sleep 0.3
 send $C 198.18.2.1 9999; send $C 198.18.2.1 9998
 wait $RECV
 echo "   from C: $(cat "$RUN/c.json")   (C is not in the dropped prefix)"
+# The demonstration checks itself: anything else than this is a failure.
+[ "$(cat "$RUN/a.json")" = '{"9998": 10, "9999": 0}' ] || { echo "FAIL: unexpected result from A" >&2; exit 1; }
+[ "$(cat "$RUN/c.json")" = '{"9998": 10, "9999": 10}' ] || { echo "FAIL: unexpected result from C" >&2; exit 1; }
 echo "== ping A -> B"
 ip netns exec $A ping -c 2 -i 0.2 -W 1 198.18.1.1 | tail -2
 echo "== per-rule counters"
-"$FWD" --socket "$SOCK" stats
+"$FWD" stats --socket "$SOCK"
 
 if [ "$ONCE" = 1 ]; then exit 0; fi
-echo "== the agent keeps running in $B; try: $FWD --socket $SOCK policy get    (Ctrl-C stops and cleans up)"
+echo "== the agent keeps running in $B; try: $FWD policy get --socket $SOCK    (Ctrl-C stops and cleans up)"
 wait "$AGENT_PID"
