@@ -129,4 +129,16 @@ struct fwd_counter {
 	__u64 would_drop_bytes;
 };
 
+/* Verdict indexes of fwd_if_stats (per ingress interface). */
+#define FWD_VERDICT_PASS 0
+#define FWD_VERDICT_DROP 1
+#define FWD_VERDICT_WOULD_DROP 2   /* passed only because of dry-run / audit */
+#define FWD_MAX_IFACES 4096        /* fwd_if_stats entries */
+
+/* fwd_if_stats[ifindex], per CPU: what the program did on each interface. */
+struct fwd_if_stats {
+	__u64 packets[3]; /* by FWD_VERDICT_* */
+	__u64 bytes[3];
+};
+
 #endif /* FWD_H */

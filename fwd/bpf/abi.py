@@ -34,7 +34,13 @@ SLOT_MALFORMED = 1
 SLOT_NON_IP = 2
 SLOT_FIRST_RULE = 16
 
+VERDICT_PASS = 0
+VERDICT_DROP = 1
+VERDICT_WOULD_DROP = 2
+MAX_IFACES = 4096
+
 U8x16 = ctypes.c_uint8 * 16
+U64x3 = ctypes.c_uint64 * 3
 
 
 class Key(ctypes.Structure):
@@ -116,6 +122,15 @@ class Counter(ctypes.Structure):
     ]
 
 
+class IfStats(ctypes.Structure):
+    """struct fwd_if_stats: per-CPU value of fwd_if_stats[ifindex]."""
+
+    _fields_ = [
+        ("packets", U64x3),
+        ("bytes", U64x3),
+    ]
+
+
 STRUCTS: dict[str, type[ctypes.Structure]] = {
     "fwd_key": Key,
     "fwd_tuple": Tuple,
@@ -123,4 +138,5 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
     "fwd_live": Live,
     "fwd_gen_config": GenConfig,
     "fwd_counter": Counter,
+    "fwd_if_stats": IfStats,
 }
