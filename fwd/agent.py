@@ -25,6 +25,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from fwd import log as fwdlog
+from fwd import systemd
 from fwd.actors.datapath import Datapath
 from fwd.actors.discovery import Discovery
 from fwd.actors.links import Links
@@ -74,6 +75,7 @@ async def _signals(scope: anyio.CancelScope) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
         async for signum in received:
             log.info("shutdown_requested", signal=signal.Signals(signum).name)
+            systemd.notify("STOPPING=1")
             scope.cancel()
             return
 
@@ -114,12 +116,12 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
                 tg.start_soon(_tee, ev_rx, lk_tx, dl_tx)
                 await tg.start(_actor, "discovery", discovery.run, ev_tx)
                 await tg.start(_actor, "api", api.run)
+                revision = datapath.statistics().revision
                 log.info(
-                    "agent_ready",
-                    socket=settings.socket_path,
-                    prog_id=prog.id,
-                    revision=datapath.statistics().revision,
+                    "agent_ready", socket=settings.socket_path, prog_id=prog.id, revision=revision
                 )
+                systemd.notify(f"READY=1\nSTATUS=enforcing revision {revision}")
+                tg.start_soon(systemd.watchdog)
         finally:
             store.close()
             barrier.close()

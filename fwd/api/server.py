@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import grp
 import os
 import socket
 import stat
@@ -49,6 +50,8 @@ C = TypeVar("C")
 DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 10000
 SOCKET_MODE = 0o660
+# Members of this group (when it exists) may use the API socket; others may not.
+SOCKET_GROUP = "fwd"
 SOCKET_DIR_MODE = 0o755
 DRAIN_TIMEOUT = 2.0  # seconds shutdown waits for pending requests to be answered
 SHUTTING_DOWN = "the agent is shutting down"
@@ -294,6 +297,9 @@ def _listen_unix(path: Path) -> socket.socket:
             tmp.unlink()
         sock.bind(str(tmp))
         os.chmod(tmp, SOCKET_MODE)
+        gid = _socket_group()
+        if gid is not None:
+            os.chown(tmp, 0 if os.geteuid() == 0 else -1, gid)
         os.replace(tmp, path)
         sock.listen(128)
         sock.setblocking(False)
@@ -303,6 +309,14 @@ def _listen_unix(path: Path) -> socket.socket:
             tmp.unlink()
         raise
     return sock
+
+
+def _socket_group() -> int | None:
+    """The gid of the group allowed to use the API socket, if that group exists."""
+    try:
+        return grp.getgrnam(SOCKET_GROUP).gr_gid
+    except KeyError:
+        return None
 
 
 def _remove_socket(path: Path, *, stale: bool = False) -> None:

@@ -24,13 +24,16 @@ UDP = str(ROOT / "contrib" / "udp.py")
 class AgentProcess:
     """One ``fwd agent`` in namespace ``ns`` with its own socket, state dir and pins."""
 
-    def __init__(self, ns: str, workdir: Path, pin_dir: Path, *extra: str) -> None:
+    def __init__(
+        self, ns: str, workdir: Path, pin_dir: Path, *extra: str, env: dict[str, str] | None = None
+    ) -> None:
         self.ns = ns
         self.socket = str(workdir / "fwd.sock")
         self.state_dir = workdir / "state"
         self.pin_dir = pin_dir
         self.log_path = workdir / "agent.log"
         self.extra = extra
+        self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 15.0) -> None:
@@ -40,7 +43,8 @@ class AgentProcess:
             "--bpffs", str(self.pin_dir), "--log-level", "debug", *self.extra,
         ]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=ROOT)
+            env = {**os.environ, **self.env} if self.env else None
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=ROOT, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -1,0 +1,46 @@
+"""The agent as a systemd Type=notify service: READY=1 once live, watchdog pings, clean stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.agentproc import AgentProcess
+from tests.netns import Netns, netns  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.root
+
+
+def test_notify_ready_watchdog_and_stopping(netns: Netns, tmp_path: Path) -> None:
+    ns = netns.make_netns()
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(path)
+        systemd.settimeout(10)
+        agent = AgentProcess(
+            ns, tmp_path, netns.pin_dir(),
+            env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"},
+        )
+        agent.start()
+        try:
+            first = systemd.recv(4096).decode()
+            assert first.startswith("READY=1"), first
+            assert os.path.exists(agent.socket)  # ready means the API is reachable
+            assert "STATUS=enforcing revision 0" in first
+            pings = [systemd.recv(4096) for _ in range(3)]
+            assert pings == [b"WATCHDOG=1"] * 3
+            assert agent.stop(signal.SIGTERM) == 0
+            rest = []
+            systemd.settimeout(0.5)
+            try:
+                while True:
+                    rest.append(systemd.recv(4096))
+            except TimeoutError:
+                pass
+            assert b"STOPPING=1" in rest
+        finally:
+            agent.stop(signal.SIGKILL)
