@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TextIO
@@ -20,6 +21,7 @@ from grpclib.exceptions import StreamTerminatedError
 from fwd.api.client import SOCKET_ENV, AgentUnreachable, Client, default_socket
 from fwd.api.convert import policy_from_proto
 from fwd.api.gen.fwd import v1 as pb
+from fwd.api.tls import client_context
 from fwd.errors import PolicyError
 from fwd.messages import Settings
 from fwd.policy.files import dump_policy_yaml, load_policy_file
@@ -151,7 +153,14 @@ Command = Callable[[Client, argparse.Namespace, TextIO], Awaitable[None]]
 
 def _run_client(command: Command, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     async def go() -> None:
-        async with Client(args.socket, timeout=args.timeout) as client:
+        ssl_ctx = None
+        if args.server:
+            if not args.tls_ca:
+                raise _Failed("--server needs --tls-ca (and --tls-cert/--tls-key for mTLS)")
+            ssl_ctx = client_context(args.tls_ca, args.tls_cert or None, args.tls_key or None)
+        async with Client(
+            args.socket, timeout=args.timeout, server=args.server, ssl=ssl_ctx
+        ) as client:
             await command(client, args, out)
 
     try:
@@ -170,7 +179,7 @@ def _run_client(command: Command, args: argparse.Namespace, out: TextIO, err: Te
         return 1
     except (ConnectionError, StreamTerminatedError) as exc:
         # The agent went away mid-call (restart, shutdown).
-        err.write(f"fwd: UNAVAILABLE: connection to {args.socket} failed: {exc}\n")
+        err.write(f"fwd: UNAVAILABLE: connection to {args.server or args.socket} failed: {exc}\n")
         return 1
     return 0
 
@@ -188,6 +197,10 @@ def _agent(args: argparse.Namespace) -> int:
         include=tuple(args.include) if args.include else Settings().include,
         exclude=tuple(args.exclude),
         detach_on_exit=args.detach_on_exit,
+        listen=args.listen,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
     )
     return agent.run(settings, log_level=args.log_level)
 
@@ -217,6 +230,16 @@ def _client_options() -> argparse.ArgumentParser:
         metavar="PATH",
         help=f"the agent's API socket (default: ${SOCKET_ENV} or %(default)s)",
     )
+    common.add_argument(
+        "--server",
+        default=os.environ.get("FWD_SERVER", ""),
+        metavar="HOST:PORT",
+        help="talk to an agent's TCP listener instead of the socket (mutual TLS; "
+        "default: $FWD_SERVER)",
+    )
+    common.add_argument("--tls-ca", default="", metavar="FILE", help="CA that signed the agent")
+    common.add_argument("--tls-cert", default="", metavar="FILE", help="client certificate")
+    common.add_argument("--tls-key", default="", metavar="FILE", help="client key")
     common.add_argument(
         "--timeout",
         type=_positive,
@@ -276,6 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="GLOB",
         help="never manage interfaces matching GLOB, even if included; repeatable",
+    )
+    agent.add_argument(
+        "--listen",
+        default="",
+        metavar="HOST:PORT",
+        help="also serve on TCP; requires --tls-cert, --tls-key and --tls-client-ca "
+        "(mutual TLS: client certificates with OU=admin may write, others only read)",
+    )
+    agent.add_argument("--tls-cert", default="", metavar="FILE", help="agent certificate")
+    agent.add_argument("--tls-key", default="", metavar="FILE", help="agent key")
+    agent.add_argument(
+        "--tls-client-ca", default="", metavar="FILE", help="CA that signs client certificates"
     )
     agent.add_argument(
         "--detach-on-exit",

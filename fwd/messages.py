@@ -161,3 +161,8 @@ class Settings:
     # On a clean exit, keep XDP attached (pinned links keep enforcing the last
     # policy, and the next agent adopts them) or detach everything.
     detach_on_exit: bool = False
+    # TCP listener "HOST:PORT" (empty: unix socket only); runs only with mutual TLS.
+    listen: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""

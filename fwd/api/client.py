@@ -1,9 +1,11 @@
-"""A small async client of the agent's API over its unix socket (what the CLI uses)."""
+"""A small async client of the agent's API (what the CLI uses): over the unix socket,
+or over TCP with mutual TLS when given a server address and an SSL context."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Awaitable
+from ssl import SSLContext
 from types import TracebackType
 from typing import Self, TypeVar
 
@@ -37,12 +39,27 @@ class Client:
     Server errors arrive as ``grpclib.GRPCError`` with the status and message.
     """
 
-    def __init__(self, socket_path: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        socket_path: str,
+        *,
+        timeout: float = 10.0,
+        server: str = "",
+        ssl: SSLContext | None = None,
+    ) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
+        self.server = server  # "HOST:PORT": use TCP (with ``ssl``) instead of the socket
+        self._ssl = ssl
         self._channel: Channel | None = None
 
     async def __aenter__(self) -> Self:
+        if self.server:
+            host, _, port = self.server.rpartition(":")
+            if not port.isdigit():
+                raise AgentUnreachable(f"--server: expected HOST:PORT, not {self.server!r}")
+            self._channel = Channel(host.strip("[]"), int(port), ssl=self._ssl)
+            return self
         if not os.path.exists(self.socket_path):
             raise AgentUnreachable(f"is the agent running? no socket at {self.socket_path}")
         self._channel = Channel(path=self.socket_path)
@@ -103,6 +120,7 @@ class Client:
         try:
             return await call
         except (ConnectionRefusedError, FileNotFoundError) as exc:
+            where = self.server or self.socket_path
             raise AgentUnreachable(
-                f"is the agent running? cannot connect to {self.socket_path}: {exc.strerror}"
+                f"is the agent running? cannot connect to {where}: {exc.strerror}"
             ) from None

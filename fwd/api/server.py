@@ -31,7 +31,7 @@ from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server
 
 from fwd import messages
-from fwd.api import convert
+from fwd.api import convert, tls
 from fwd.api.gen.fwd import v1 as pb
 from fwd.api.gen.google_proto_descriptor_pool import (
     default_google_proto_descriptor_pool,
@@ -116,17 +116,33 @@ class Api:
         handlers = ServerReflection.extend(
             [*services, health], pool=default_google_proto_descriptor_pool
         )
+        settings = self._settings
+        ssl_ctx = None
+        if settings.listen:
+            # Refuse to start a TCP listener without mutual TLS (raises naming what's missing).
+            ssl_ctx = tls.server_context(
+                settings.tls_cert, settings.tls_key, settings.tls_client_ca
+            )
+            host, port = _split_hostport(settings.listen)
         server = Server(handlers)
         listen(server, RecvRequest, self._on_request)
-        path = Path(self._settings.socket_path)
+        servers = [server]
+        path = Path(settings.socket_path)
         sock = _listen_unix(path)
         try:
             await server.start(sock=sock)
+            if ssl_ctx is not None:
+                tcp = Server(handlers)
+                listen(tcp, RecvRequest, self._on_tcp_request)
+                servers.append(tcp)
+                await tcp.start(host, port, ssl=ssl_ctx)
         except BaseException:
+            for s in servers:
+                s.close()
             sock.close()
             _remove_socket(path)
             raise
-        log.info("api_listening", socket=str(path))
+        log.info("api_listening", socket=str(path), listen=settings.listen or None)
         try:
             task_status.started()
             await anyio.sleep_forever()
@@ -135,9 +151,11 @@ class Api:
                 await self._drain()
                 # close() cancels what is left (e.g. health watches); wait_closed
                 # lets those handlers unwind.
-                server.close()
+                for s in servers:
+                    s.close()
                 with anyio.move_on_after(5):
-                    await server.wait_closed()
+                    for s in servers:
+                        await s.wait_closed()
                 _remove_socket(path)
                 log.info("api_stopped", socket=str(path))
 
@@ -148,6 +166,17 @@ class Api:
             if task is not None:
                 self._requests.add(task)
                 task.add_done_callback(self._requests.discard)
+
+    async def _on_tcp_request(self, event: RecvRequest) -> None:
+        """TCP requests are authorised by the client certificate's role first."""
+        role = tls.role_of(event.peer.cert())
+        if not tls.allowed(event.method_name, role):
+            log.warning("api_permission_denied", method=event.method_name, role=role.value)
+            raise GRPCError(
+                Status.PERMISSION_DENIED,
+                f"{event.method_name} changes state; a {role.value} certificate may only read",
+            )
+        await self._on_request(event)
 
     async def _drain(self) -> None:
         """Answer every pending request UNAVAILABLE instead of leaving clients
@@ -281,6 +310,14 @@ class _StatsService(pb.StatsServiceBase):
             stats=[convert.rule_stats_to_proto(s) for s in stats[start:end]],
             next_page_token=next_token,
         )
+
+
+def _split_hostport(value: str) -> tuple[str, int]:
+    """"HOST:PORT" or "[v6]:PORT" -> (host, port), with an error naming --listen."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise tls.TlsConfigError(f"--listen: expected HOST:PORT, not {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def _listen_unix(path: Path) -> socket.socket:
