@@ -166,3 +166,5 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    # Largest request message the API reads (a 100,000-rule policy is ~6 MB).
+    max_request_bytes: int = 64 * 1024 * 1024

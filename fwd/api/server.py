@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import betterproto2
 import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
@@ -31,7 +32,7 @@ from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server
 
 from fwd import messages
-from fwd.api import convert, tls
+from fwd.api import convert, tls, wire
 from fwd.api.gen.fwd import v1 as pb
 from fwd.api.gen.google_proto_descriptor_pool import (
     default_google_proto_descriptor_pool,
@@ -161,6 +162,7 @@ class Api:
 
     async def _on_request(self, event: RecvRequest) -> None:
         # Runs in the request's own task (grpclib dispatches the event there).
+        event.method_func = _limit_request_size(event.method_func, self._settings.max_request_bytes)
         if event.method_name.startswith(f"/{_PACKAGE}."):
             task = asyncio.current_task()
             if task is not None:
@@ -310,6 +312,51 @@ class _StatsService(pb.StatsServiceBase):
             stats=[convert.rule_stats_to_proto(s) for s in stats[start:end]],
             next_page_token=next_token,
         )
+
+
+def _limit_request_size(handler: Any, limit: int) -> Any:
+    """Wrap a grpclib method so each request message larger than ``limit`` is refused
+    with RESOURCE_EXHAUSTED *before* its body is read into memory.
+
+    grpclib has no receive limit of its own: it would buffer whatever length the
+    5-byte gRPC message prefix claims. This reads that prefix itself and otherwise
+    does what grpclib's Stream.recv_message does (private attributes of grpclib
+    0.4; tests/e2e/test_fuzz_api.py sends an oversized request to keep this honest).
+    """
+
+    async def limited(stream: Any) -> None:
+        async def recv_message() -> Any:
+            meta = await stream._stream.recv_data(5)
+            if not meta:
+                return None
+            if meta[0]:
+                raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported")
+            size = int.from_bytes(meta[1:5], "big")
+            if size > limit:
+                raise GRPCError(
+                    Status.RESOURCE_EXHAUSTED,
+                    f"request message of {size} bytes exceeds the limit of {limit} bytes",
+                )
+            body = await stream._stream.recv_data(size)
+            name = getattr(stream._recv_type, "__name__", "request")
+            try:
+                message = stream._codec.decode(body, stream._recv_type)
+            except Exception:  # any parse failure of untrusted bytes is the caller's error
+                raise GRPCError(
+                    Status.INVALID_ARGUMENT, f"request is not a valid {name} message"
+                ) from None
+            if isinstance(message, betterproto2.Message):
+                try:
+                    wire.check_types(message)
+                except wire.WireTypeError as exc:
+                    raise GRPCError(Status.INVALID_ARGUMENT, f"{name}: {exc}") from None
+            (message,) = await stream._dispatch.recv_message(message)
+            return message
+
+        stream.recv_message = recv_message
+        await handler(stream)
+
+    return limited
 
 
 def _split_hostport(value: str) -> tuple[str, int]:
