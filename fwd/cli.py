@@ -124,7 +124,7 @@ def _load_policy(args: argparse.Namespace) -> None:
 
 
 async def _policy_apply(client: Client, args: argparse.Namespace, out: TextIO) -> None:
-    revision = await client.apply_policy(args.policy, args.expect_revision)
+    revision = await client.apply_policy(args.policy, args.expect_revision, force=args.force)
     out.write(f"applied revision {revision}\n")
 
 
@@ -198,6 +198,8 @@ def _agent(args: argparse.Namespace) -> int:
         exclude=tuple(args.exclude),
         detach_on_exit=args.detach_on_exit,
         listen=args.listen,
+        mgmt_prefixes=tuple(args.mgmt_prefix),
+        mgmt_services=tuple(args.mgmt_service) or Settings().mgmt_services,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
@@ -301,6 +303,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="never manage interfaces matching GLOB, even if included; repeatable",
     )
     agent.add_argument(
+        "--mgmt-prefix",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="operators connect from here: no policy may drop their traffic to the "
+        "management services unless applied with --force; repeatable",
+    )
+    agent.add_argument(
+        "--mgmt-service",
+        action="append",
+        default=[],
+        metavar="PROTO/PORT",
+        help="a management service to protect, e.g. tcp/22 (default: tcp/22); repeatable",
+    )
+    agent.add_argument(
         "--listen",
         default="",
         metavar="HOST:PORT",
@@ -361,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="fail unless revision N is the one enforced now (from 'fwd policy get'), "
         "so concurrent writers cannot overwrite each other",
+    )
+    apply.add_argument(
+        "--force",
+        action="store_true",
+        help="apply even if the policy could drop the agent's management traffic "
+        "(see 'fwd agent --mgmt-prefix')",
     )
     apply.set_defaults(client=_policy_apply, prepare=_load_policy)
 

@@ -166,5 +166,9 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    # Anti-lockout: traffic from these prefixes to these services ("tcp/22") may
+    # not be dropped by any policy unless the apply says force.
+    mgmt_prefixes: tuple[str, ...] = ()
+    mgmt_services: tuple[str, ...] = ("tcp/22",)
     # Largest request message the API reads (a 100,000-rule policy is ~6 MB).
     max_request_bytes: int = 64 * 1024 * 1024

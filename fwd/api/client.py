@@ -87,11 +87,13 @@ class Client:
         stub = pb.PolicyServiceStub(self.channel, timeout=self.timeout)
         return await self._call(stub.get_policy(pb.GetPolicyRequest()))
 
-    async def apply_policy(self, policy: Policy, expect_revision: int | None = None) -> int:
+    async def apply_policy(
+        self, policy: Policy, expect_revision: int | None = None, *, force: bool = False
+    ) -> int:
         """Enforce ``policy``; returns the new revision."""
         stub = pb.PolicyServiceStub(self.channel, timeout=self.timeout)
         request = pb.ApplyPolicyRequest(
-            policy=convert.policy_to_proto(policy), expect_revision=expect_revision
+            policy=convert.policy_to_proto(policy), expect_revision=expect_revision, force=force
         )
         response = await self._call(stub.apply_policy(request))
         return response.revision

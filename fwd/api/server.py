@@ -39,6 +39,7 @@ from fwd.api.gen.google_proto_descriptor_pool import (
 )
 from fwd.errors import BpfError, CapacityError, LinkError, PolicyError, RevisionMismatch
 from fwd.messages import DatapathCommand, ListInterfaces, Reply, Settings
+from fwd.policy.lockout import LockoutError, Service, check_lockout, parse_prefixes
 
 if TYPE_CHECKING:
     from grpclib._typing import IServable
@@ -66,6 +67,8 @@ def _grpc_errors(what: str) -> Iterator[None]:
         yield
     except GRPCError:
         raise
+    except LockoutError as exc:
+        raise GRPCError(Status.FAILED_PRECONDITION, str(exc)) from None
     except PolicyError as exc:
         raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
     except RevisionMismatch as exc:
@@ -98,6 +101,9 @@ class Api:
         self._datapath = datapath
         self._links = links
         self._settings = settings
+        # Parsed once; bad values fail the agent's start with a clear message.
+        self._mgmt_prefixes = parse_prefixes(settings.mgmt_prefixes)
+        self._mgmt_services = [Service.parse(s) for s in settings.mgmt_services]
         # Shutdown bookkeeping: new asks fail fast once closing; pending asks are
         # cancelled and answer UNAVAILABLE; request tasks are awaited so those
         # answers reach the clients before the server closes the connections.
@@ -231,11 +237,14 @@ class Api:
         return await self.ask(self._datapath, lambda r: messages.GetPolicy(reply=r), "datapath")
 
     async def apply_policy(
-        self, policy: pb.Policy | None, expect_revision: int | None
+        self, policy: pb.Policy | None, expect_revision: int | None, force: bool = False
     ) -> messages.Applied:
-        """Validate ``policy`` (INVALID_ARGUMENT names the field) and have it enforced."""
+        """Validate ``policy`` (INVALID_ARGUMENT names the field), check it cannot lock out
+        management access (FAILED_PRECONDITION unless ``force``), and have it enforced."""
         with _grpc_errors("apply"):
             model = convert.policy_from_proto(policy)
+            if not force:
+                check_lockout(model, self._mgmt_prefixes, self._mgmt_services)
         return await self.ask(
             self._datapath,
             lambda r: messages.ApplyPolicy(policy=model, expect_revision=expect_revision, reply=r),
@@ -285,7 +294,9 @@ class _PolicyService(pb.PolicyServiceBase):
         )
 
     async def apply_policy(self, message: pb.ApplyPolicyRequest) -> pb.ApplyPolicyResponse:
-        applied = await self._api.apply_policy(message.policy, message.expect_revision)
+        applied = await self._api.apply_policy(
+            message.policy, message.expect_revision, message.force
+        )
         return pb.ApplyPolicyResponse(revision=applied.revision)
 
 
