@@ -26,6 +26,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from fwd import log as fwdlog
 from fwd import systemd
+from fwd.actors.confirm import Confirmer
 from fwd.actors.datapath import Datapath
 from fwd.actors.discovery import Discovery
 from fwd.actors.links import Links
@@ -35,7 +36,7 @@ from fwd.bpf.objpath import default_object_path
 from fwd.bpf.sync import RcuBarrier
 from fwd.dataplane import Dataplane
 from fwd.errors import FwdError
-from fwd.messages import DatapathCommand, LinkEvent, ListInterfaces, Settings
+from fwd.messages import ConfirmCommand, DatapathCommand, LinkEvent, ListInterfaces, Settings
 from fwd.store import SqliteStore
 
 log = structlog.get_logger("fwd.agent")
@@ -108,13 +109,19 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
             ev_tx, ev_rx = anyio.create_memory_object_stream[LinkEvent](math.inf)
             lk_tx, lk_rx = anyio.create_memory_object_stream[LinkEvent](math.inf)
             dl_tx, dl_rx = anyio.create_memory_object_stream[LinkEvent](math.inf)
-            api = Api(datapath=dp_cmd_tx, links=ifreq_tx, settings=settings)
+            confirm_tx, confirm_rx = anyio.create_memory_object_stream[ConfirmCommand](64)
+            confirmer = Confirmer(settings.state_dir)
+            api = Api(
+                datapath=dp_cmd_tx, links=ifreq_tx, settings=settings, confirmer=confirm_tx
+            )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_signals, tg.cancel_scope)
                 await tg.start(_actor, "datapath", datapath.run, dp_cmd_rx, dl_rx)
                 await tg.start(_actor, "links", links.run, lk_rx, ifreq_rx)
                 tg.start_soon(_tee, ev_rx, lk_tx, dl_tx)
                 await tg.start(_actor, "discovery", discovery.run, ev_tx)
+                # After the Datapath: a rollback due while the agent was down goes out at once.
+                await tg.start(_actor, "confirmer", confirmer.run, confirm_rx, dp_cmd_tx.clone())
                 await tg.start(_actor, "api", api.run)
                 revision = datapath.statistics().revision
                 log.info(

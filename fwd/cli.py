@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TextIO
 
@@ -34,7 +35,10 @@ commands:
   fwd agent [--socket PATH] [--state-dir DIR] [--bpffs DIR] [--include GLOB]...
             [--exclude GLOB]... [--detach-on-exit] [--log-level LEVEL]
   fwd policy get [-o yaml|json]
-  fwd policy apply FILE [--expect-revision N]
+  fwd policy apply FILE [--expect-revision N] [--force] [--confirm-within DURATION]
+  fwd policy confirm [REV]
+  fwd policy rollback REV [--expect-revision N]
+  fwd policy history [-o table|json]
   fwd interfaces [-o table|json]
   fwd stats [-o table|json]
 
@@ -124,8 +128,56 @@ def _load_policy(args: argparse.Namespace) -> None:
 
 
 async def _policy_apply(client: Client, args: argparse.Namespace, out: TextIO) -> None:
+    if args.confirm_within:
+        reply = await client.apply_policy_confirmed(
+            args.policy, args.confirm_within, args.expect_revision, force=args.force
+        )
+        when = time.strftime("%H:%M:%S", time.localtime(reply.confirm_deadline_unix_ms / 1000))
+        out.write(
+            f"applied revision {reply.revision}; it rolls back at {when} unless "
+            f"'fwd policy confirm {reply.revision}'\n"
+        )
+        return
     revision = await client.apply_policy(args.policy, args.expect_revision, force=args.force)
     out.write(f"applied revision {revision}\n")
+
+
+async def _policy_confirm(client: Client, args: argparse.Namespace, out: TextIO) -> None:
+    out.write(f"confirmed revision {await client.confirm_policy(args.revision)}\n")
+
+
+async def _policy_rollback(client: Client, args: argparse.Namespace, out: TextIO) -> None:
+    revision = await client.rollback_policy(args.revision, args.expect_revision)
+    out.write(f"applied revision {revision} (the policy of revision {args.revision})\n")
+
+
+async def _policy_history(client: Client, args: argparse.Namespace, out: TextIO) -> None:
+    rows = [
+        {
+            "revision": r.revision,
+            "applied_at": time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.applied_at_unix_ms / 1000)
+            ),
+            "rules": r.rules,
+            "default_action": _enum_name(r.default_action),
+            "dry_run": r.dry_run,
+        }
+        for r in await client.list_history()
+    ]
+    if args.output == "json":
+        out.write(_dumps(rows))
+    else:
+        headers = ["REVISION", "APPLIED_AT", "RULES", "DEFAULT", "DRY_RUN"]
+        out.write(format_table(headers, [list(r.values()) for r in rows]))
+
+
+def _duration(text: str) -> int:
+    """Seconds from "90", "90s", "10m" or "1h"."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    if not number.isdigit() or int(number) == 0:
+        raise argparse.ArgumentTypeError(f"expected a duration like 60s, 10m or 1h, not {text!r}")
+    return int(number) * units[unit]
 
 
 async def _interfaces(client: Client, args: argparse.Namespace, out: TextIO) -> None:
@@ -385,7 +437,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply even if the policy could drop the agent's management traffic "
         "(see 'fwd agent --mgmt-prefix')",
     )
+    apply.add_argument(
+        "--confirm-within",
+        type=_duration,
+        metavar="DURATION",
+        help="roll back to the previous revision unless 'fwd policy confirm' arrives "
+        "within DURATION (60s, 10m, 1h); the deadline survives an agent restart",
+    )
     apply.set_defaults(client=_policy_apply, prepare=_load_policy)
+
+    confirm = policy_sub.add_parser(
+        "confirm",
+        parents=[common],
+        help="keep a revision applied with --confirm-within",
+        description="Cancel the pending rollback of a revision applied with --confirm-within.",
+    )
+    confirm.add_argument("revision", nargs="?", type=_revision, metavar="REV",
+                         help="the pending revision (default: whichever is pending)")
+    confirm.set_defaults(client=_policy_confirm)
+
+    rollback = policy_sub.add_parser(
+        "rollback",
+        parents=[common],
+        help="enforce an earlier revision's policy again",
+        description="Enforce the policy of revision REV again, as a new revision.",
+    )
+    rollback.add_argument("revision", type=_revision, metavar="REV")
+    rollback.add_argument("--expect-revision", type=_revision, metavar="N",
+                          help="fail unless revision N is the one enforced now")
+    rollback.set_defaults(client=_policy_rollback)
+
+    history = policy_sub.add_parser(
+        "history",
+        parents=[common],
+        help="list applied revisions, newest first",
+        description="The revision history: when each revision was applied and its shape.",
+    )
+    history.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    history.set_defaults(client=_policy_history)
 
     ifaces = sub.add_parser(
         "interfaces",

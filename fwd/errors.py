@@ -39,6 +39,10 @@ class RevisionMismatch(FwdError):
         self.current = current
 
 
+class PreconditionFailed(FwdError):
+    """A valid request the current state does not allow (e.g. confirming nothing)."""
+
+
 class CapacityError(FwdError):
     """A compiled policy does not fit the data plane's maps (tuples, entries, slots)."""
 

@@ -145,7 +145,76 @@ class GetStats:
     reply: MemoryObjectSendStream[Reply[tuple[RuleStats, ...]]]
 
 
-DatapathCommand = ApplyPolicy | GetPolicy | GetStats
+@dataclass(frozen=True)
+class ApplyRevision:
+    """Enforce, as a new revision, the policy stored under ``revision`` (a rollback).
+
+    Fails with RevisionMismatch unless ``expect_revision`` (when given) is current,
+    and with PolicyError (field "revision") if no such revision is stored.
+    """
+
+    revision: int
+    expect_revision: int | None
+    reply: MemoryObjectSendStream[Reply[Applied]]
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    revision: int
+    applied_at: float  # unix time
+    rules: int
+    default_action: str
+    dry_run: bool
+
+
+@dataclass(frozen=True)
+class GetHistory:
+    """A page of the revision history, newest first."""
+
+    offset: int
+    limit: int
+    reply: MemoryObjectSendStream[Reply[tuple[tuple[HistoryEntry, ...], int]]]  # (page, total)
+
+
+DatapathCommand = ApplyPolicy | GetPolicy | GetStats | ApplyRevision | GetHistory
+
+
+# --- Api -> Confirmer ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PendingConfirm:
+    """Revision ``revision`` rolls back to ``previous`` at ``deadline`` (unix time)."""
+
+    revision: int
+    previous: int
+    deadline: float
+
+
+@dataclass(frozen=True)
+class ArmConfirm:
+    """``revision`` was just applied with a confirm deadline; roll back unless confirmed."""
+
+    pending: PendingConfirm
+    reply: MemoryObjectSendStream[Reply[PendingConfirm]]
+
+
+@dataclass(frozen=True)
+class ConfirmRevision:
+    """Keep ``revision`` (None: whatever is pending). Fails if nothing such is pending."""
+
+    revision: int | None
+    reply: MemoryObjectSendStream[Reply[PendingConfirm]]
+
+
+@dataclass(frozen=True)
+class Superseded:
+    """A later apply replaced ``revision``: a pending rollback for an older one is moot."""
+
+    revision: int
+
+
+ConfirmCommand = ArmConfirm | ConfirmRevision | Superseded
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,10 @@ class Store(Protocol):
 
     def save(self, revision: int, policy: Policy, slots: dict[str, int]) -> None: ...
 
+    def get(self, revision: int) -> StoredPolicy | None: ...
+
+    def history(self, offset: int, limit: int) -> tuple[list[StoredPolicy], int]: ...
+
     def close(self) -> None: ...
 
 
@@ -69,15 +73,33 @@ class SqliteStore:
             "SELECT revision, applied_at, policy, slots FROM revisions "
             "ORDER BY revision DESC LIMIT 1"
         ).fetchone()
-        if row is None:
-            return None
+        return None if row is None else self._decode(row)
+
+    def get(self, revision: int) -> StoredPolicy | None:
+        row = self._db.execute(
+            "SELECT revision, applied_at, policy, slots FROM revisions WHERE revision = ?",
+            (revision,),
+        ).fetchone()
+        return None if row is None else self._decode(row)
+
+    def history(self, offset: int, limit: int) -> tuple[list[StoredPolicy], int]:
+        """A page of revisions, newest first, and how many there are in all."""
+        total = int(self._db.execute("SELECT count(*) FROM revisions").fetchone()[0])
+        rows = self._db.execute(
+            "SELECT revision, applied_at, policy, slots FROM revisions "
+            "ORDER BY revision DESC LIMIT ? OFFSET ?",
+            (limit, offset),
+        ).fetchall()
+        return [self._decode(r) for r in rows], total
+
+    def _decode(self, row: tuple[object, ...]) -> StoredPolicy:
         revision, applied_at, policy, slots = row
         try:
             return StoredPolicy(
-                revision=int(revision),
-                policy=policy_from_dict(json.loads(policy)),
-                slots={str(k): int(v) for k, v in json.loads(slots).items()},
-                applied_at=float(applied_at),
+                revision=int(revision),  # type: ignore[call-overload]
+                policy=policy_from_dict(json.loads(str(policy))),
+                slots={str(k): int(v) for k, v in json.loads(str(slots)).items()},
+                applied_at=float(applied_at),  # type: ignore[arg-type]
             )
         except (ValueError, FwdError) as e:
             raise StoreError(f"{self.path}: revision {revision} is unreadable: {e}") from e
@@ -97,13 +119,20 @@ class MemoryStore:
     """A Store that keeps nothing across processes (tests, benchmarks)."""
 
     def __init__(self) -> None:
-        self._latest: StoredPolicy | None = None
+        self._revisions: dict[int, StoredPolicy] = {}
 
     def latest(self) -> StoredPolicy | None:
-        return self._latest
+        return self._revisions[max(self._revisions)] if self._revisions else None
+
+    def get(self, revision: int) -> StoredPolicy | None:
+        return self._revisions.get(revision)
+
+    def history(self, offset: int, limit: int) -> tuple[list[StoredPolicy], int]:
+        newest = sorted(self._revisions, reverse=True)[offset : offset + limit]
+        return [self._revisions[r] for r in newest], len(self._revisions)
 
     def save(self, revision: int, policy: Policy, slots: dict[str, int]) -> None:
-        self._latest = StoredPolicy(revision, policy, dict(slots), time.time())
+        self._revisions[revision] = StoredPolicy(revision, policy, dict(slots), time.time())
 
     def close(self) -> None:
         pass

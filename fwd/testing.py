@@ -16,8 +16,11 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from fwd.errors import CapacityError, FwdError, RevisionMismatch
+from fwd.errors import CapacityError, FwdError, PolicyError, RevisionMismatch
 from fwd.messages import (
+    ApplyRevision,
+    GetHistory,
+    HistoryEntry,
     Applied,
     ApplyPolicy,
     DatapathCommand,
@@ -77,6 +80,7 @@ class FakeDatapath:
         self.silent = False
         self.applies = 0  # successful applies, for assertions
         self.received: list[DatapathCommand] = []
+        self.history: dict[int, Policy] = {revision: policy}
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Answer commands until the channel closes."""
@@ -100,6 +104,24 @@ class FakeDatapath:
                 await _answer(command.reply, Reply(value=Applied(self.revision, self.policy)))
             elif isinstance(command, GetStats):
                 await _answer(command.reply, Reply(value=self.current_stats()))
+            elif isinstance(command, GetHistory):
+                revs = sorted(self.history, reverse=True)
+                page = tuple(
+                    HistoryEntry(r, 0.0, len(p.rules), p.default_action.value, p.dry_run)
+                    for r in revs[command.offset : command.offset + command.limit]
+                    for p in (self.history[r],)
+                )
+                await _answer(command.reply, Reply(value=(page, len(revs))))
+            elif isinstance(command, ApplyRevision):
+                old = self.history.get(command.revision)
+                if old is None:
+                    err = PolicyError("revision", f"no revision {command.revision} is stored")
+                    await _answer(command.reply, Reply[Applied](error=err))
+                else:
+                    await _answer(
+                        command.reply,
+                        self.apply(ApplyPolicy(old, command.expect_revision, command.reply)),
+                    )
             else:
                 await _answer(command.reply, self.apply(command))
 
@@ -119,6 +141,7 @@ class FakeDatapath:
         self.policy = command.policy
         self.revision += 1
         self.applies += 1
+        self.history[self.revision] = self.policy
         return Reply(value=Applied(self.revision, self.policy))
 
     def current_stats(self) -> tuple[RuleStats, ...]:

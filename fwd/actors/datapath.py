@@ -17,11 +17,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from fwd.bpf import abi
 from fwd.dataplane import Dataplane
-from fwd.errors import FwdError, RevisionMismatch
+from fwd.errors import FwdError, PolicyError, RevisionMismatch
 from fwd.messages import (
     Applied,
     ApplyPolicy,
+    ApplyRevision,
     DatapathCommand,
+    GetHistory,
+    HistoryEntry,
     GetPolicy,
     GetStats,
     LinkChange,
@@ -127,6 +130,10 @@ class Datapath:
             reply = Reply(Applied(self._state.revision, self._state.policy))
         elif isinstance(command, GetStats):
             reply = Reply(self._read_stats())
+        elif isinstance(command, ApplyRevision):
+            reply = await self._apply_revision(command)
+        elif isinstance(command, GetHistory):
+            reply = await self._history(command)
         else:  # pragma: no cover - the channel's type forbids it
             raise TypeError(f"unknown command {command!r}")
         try:
@@ -135,6 +142,28 @@ class Datapath:
             log.warning("reply_dropped", command=type(command).__name__)
         finally:
             command.reply.close()
+
+    async def _apply_revision(self, cmd: ApplyRevision) -> Reply[Applied]:
+        """A rollback: the stored policy of ``cmd.revision`` becomes a new revision."""
+        stored = await anyio.to_thread.run_sync(self._store.get, cmd.revision)
+        if stored is None:
+            return Reply(error=PolicyError("revision", f"no revision {cmd.revision} is stored"))
+        log.info("policy_rollback", revision=self._state.revision, to_revision=cmd.revision)
+        return await self._apply(ApplyPolicy(stored.policy, cmd.expect_revision, cmd.reply))
+
+    async def _history(self, cmd: GetHistory) -> Reply[tuple[tuple[HistoryEntry, ...], int]]:
+        page, total = await anyio.to_thread.run_sync(self._store.history, cmd.offset, cmd.limit)
+        entries = tuple(
+            HistoryEntry(
+                s.revision,
+                s.applied_at,
+                len(s.policy.rules),
+                s.policy.default_action.value,
+                s.policy.dry_run,
+            )
+            for s in page
+        )
+        return Reply((entries, total))
 
     async def _apply(self, cmd: ApplyPolicy) -> Reply[Applied]:
         current = self._state.revision

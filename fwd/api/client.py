@@ -98,6 +98,44 @@ class Client:
         response = await self._call(stub.apply_policy(request))
         return response.revision
 
+    async def apply_policy_confirmed(
+        self, policy: Policy, confirm_within: int, expect_revision: int | None = None,
+        *, force: bool = False,
+    ) -> pb.ApplyPolicyResponse:
+        """Enforce ``policy``; it rolls back unless confirmed within ``confirm_within`` s."""
+        stub = pb.PolicyServiceStub(self.channel, timeout=self.timeout)
+        request = pb.ApplyPolicyRequest(
+            policy=convert.policy_to_proto(policy), expect_revision=expect_revision,
+            force=force, confirm_within_seconds=confirm_within,
+        )
+        return await self._call(stub.apply_policy(request))
+
+    async def confirm_policy(self, revision: int | None = None) -> int:
+        """Keep the pending revision; returns it."""
+        stub = pb.PolicyServiceStub(self.channel, timeout=self.timeout)
+        reply = await self._call(stub.confirm_policy(pb.ConfirmPolicyRequest(revision=revision)))
+        return reply.revision
+
+    async def rollback_policy(self, revision: int, expect_revision: int | None = None) -> int:
+        """Enforce revision ``revision``'s policy again; returns the new revision."""
+        stub = pb.PolicyServiceStub(self.channel, timeout=self.timeout)
+        request = pb.RollbackPolicyRequest(revision=revision, expect_revision=expect_revision)
+        return (await self._call(stub.rollback_policy(request))).revision
+
+    async def list_history(self, page_size: int = 100) -> list[pb.Revision]:
+        """The whole revision history, newest first."""
+        stub = pb.PolicyServiceStub(self.channel, timeout=self.timeout)
+        out: list[pb.Revision] = []
+        token = ""
+        while True:
+            reply = await self._call(
+                stub.list_history(pb.ListHistoryRequest(page_size=page_size, page_token=token))
+            )
+            out.extend(reply.revisions)
+            token = reply.next_page_token
+            if not token:
+                return out
+
     async def list_interfaces(self) -> list[pb.Interface]:
         """Every interface the agent knows."""
         stub = pb.InterfaceServiceStub(self.channel, timeout=self.timeout)

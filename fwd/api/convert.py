@@ -99,6 +99,11 @@ def policy_to_proto(policy: model.Policy) -> pb.Policy:
     )
 
 
+def action_to_proto(action: str) -> pb.Action:
+    """"allow" / "drop" -> the proto enum."""
+    return _ACTIONS[action]
+
+
 def interface_to_proto(status: messages.InterfaceStatus) -> pb.Interface:
     """A Links actor's InterfaceStatus as a proto Interface."""
     return pb.Interface(

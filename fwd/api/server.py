@@ -15,6 +15,7 @@ import grp
 import os
 import socket
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -37,7 +38,14 @@ from fwd.api.gen.fwd import v1 as pb
 from fwd.api.gen.google_proto_descriptor_pool import (
     default_google_proto_descriptor_pool,
 )
-from fwd.errors import BpfError, CapacityError, LinkError, PolicyError, RevisionMismatch
+from fwd.errors import (
+    BpfError,
+    CapacityError,
+    LinkError,
+    PolicyError,
+    PreconditionFailed,
+    RevisionMismatch,
+)
 from fwd.messages import DatapathCommand, ListInterfaces, Reply, Settings
 from fwd.policy.lockout import LockoutError, Service, check_lockout, parse_prefixes
 
@@ -49,6 +57,7 @@ log = structlog.get_logger("fwd.api")
 T = TypeVar("T")
 C = TypeVar("C")
 
+MAX_CONFIRM_SECONDS = 7 * 24 * 3600
 DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 10000
 SOCKET_MODE = 0o660
@@ -71,7 +80,7 @@ def _grpc_errors(what: str) -> Iterator[None]:
         raise GRPCError(Status.FAILED_PRECONDITION, str(exc)) from None
     except PolicyError as exc:
         raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
-    except RevisionMismatch as exc:
+    except (RevisionMismatch, PreconditionFailed) as exc:
         raise GRPCError(Status.FAILED_PRECONDITION, str(exc)) from None
     except CapacityError as exc:
         raise GRPCError(Status.RESOURCE_EXHAUSTED, str(exc)) from None
@@ -97,9 +106,11 @@ class Api:
         datapath: MemoryObjectSendStream[DatapathCommand],
         links: MemoryObjectSendStream[ListInterfaces],
         settings: Settings,
+        confirmer: MemoryObjectSendStream[messages.ConfirmCommand] | None = None,
     ) -> None:
         self._datapath = datapath
         self._links = links
+        self._confirmer = confirmer
         self._settings = settings
         # Parsed once; bad values fail the agent's start with a clear message.
         self._mgmt_prefixes = parse_prefixes(settings.mgmt_prefixes)
@@ -232,6 +243,48 @@ class Api:
         with _grpc_errors(actor):
             return reply.unwrap()
 
+    @property
+    def confirmer(self) -> MemoryObjectSendStream[messages.ConfirmCommand]:
+        if self._confirmer is None:
+            raise GRPCError(Status.UNIMPLEMENTED, "commit-confirm is not available")
+        return self._confirmer
+
+    async def confirm(self, revision: int | None) -> messages.PendingConfirm:
+        """Keep the pending revision (FAILED_PRECONDITION if it is not the one pending)."""
+        return await self.ask(
+            self.confirmer, lambda r: messages.ConfirmRevision(revision, r), "confirmer"
+        )
+
+    async def rollback(self, revision: int, expect_revision: int | None) -> messages.Applied:
+        """Enforce the stored policy of ``revision`` again, as a new revision."""
+        return await self.ask(
+            self._datapath,
+            lambda r: messages.ApplyRevision(revision, expect_revision, r),
+            "datapath",
+        )
+
+    async def history(
+        self, offset: int, limit: int
+    ) -> tuple[tuple[messages.HistoryEntry, ...], int]:
+        """A page of the revision history (newest first) and the total count."""
+        return await self.ask(
+            self._datapath, lambda r: messages.GetHistory(offset, limit, r), "datapath"
+        )
+
+    async def arm_confirm(self, revision: int, deadline: float) -> messages.PendingConfirm:
+        """Have ``revision`` roll back to the one before it at ``deadline`` unless confirmed."""
+        pending = messages.PendingConfirm(revision, revision - 1, deadline)
+        return await self.ask(
+            self.confirmer, lambda r: messages.ArmConfirm(pending, r), "confirmer"
+        )
+
+    def superseded(self, revision: int) -> None:
+        """Tell the Confirmer a newer revision replaced whatever was pending."""
+        if self._confirmer is not None:
+            with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError,
+                                     anyio.ClosedResourceError):
+                self._confirmer.send_nowait(messages.Superseded(revision))
+
     async def get_policy(self) -> messages.Applied:
         """The policy and revision the data plane enforces now."""
         return await self.ask(self._datapath, lambda r: messages.GetPolicy(reply=r), "datapath")
@@ -294,10 +347,57 @@ class _PolicyService(pb.PolicyServiceBase):
         )
 
     async def apply_policy(self, message: pb.ApplyPolicyRequest) -> pb.ApplyPolicyResponse:
+        if message.confirm_within_seconds > MAX_CONFIRM_SECONDS:
+            raise GRPCError(
+                Status.INVALID_ARGUMENT,
+                f"confirm_within_seconds: at most {MAX_CONFIRM_SECONDS}",
+            )
         applied = await self._api.apply_policy(
             message.policy, message.expect_revision, message.force
         )
-        return pb.ApplyPolicyResponse(revision=applied.revision)
+        deadline = 0.0
+        if message.confirm_within_seconds:
+            pending = await self._api.arm_confirm(
+                applied.revision, time.time() + message.confirm_within_seconds
+            )
+            deadline = pending.deadline
+        else:
+            self._api.superseded(applied.revision)
+        return pb.ApplyPolicyResponse(
+            revision=applied.revision, confirm_deadline_unix_ms=int(deadline * 1000)
+        )
+
+    async def confirm_policy(
+        self, message: pb.ConfirmPolicyRequest
+    ) -> pb.ConfirmPolicyResponse:
+        pending = await self._api.confirm(message.revision)
+        return pb.ConfirmPolicyResponse(revision=pending.revision)
+
+    async def rollback_policy(
+        self, message: pb.RollbackPolicyRequest
+    ) -> pb.RollbackPolicyResponse:
+        applied = await self._api.rollback(message.revision, message.expect_revision)
+        self._api.superseded(applied.revision)
+        return pb.RollbackPolicyResponse(revision=applied.revision)
+
+    async def list_history(self, message: pb.ListHistoryRequest) -> pb.ListHistoryResponse:
+        offset = parse_page_token(message.page_token)
+        size = min(message.page_size or 100, MAX_PAGE_SIZE)
+        entries, total = await self._api.history(offset, size)
+        end = offset + len(entries)
+        return pb.ListHistoryResponse(
+            revisions=[
+                pb.Revision(
+                    revision=e.revision,
+                    applied_at_unix_ms=int(e.applied_at * 1000),
+                    rules=e.rules,
+                    default_action=convert.action_to_proto(e.default_action),
+                    dry_run=e.dry_run,
+                )
+                for e in entries
+            ],
+            next_page_token=str(end) if end < total else "",
+        )
 
 
 class _InterfaceService(pb.InterfaceServiceBase):

@@ -8,12 +8,16 @@ __all__ = (
     "ApplyPolicyRequest",
     "ApplyPolicyResponse",
     "AttachMode",
+    "ConfirmPolicyRequest",
+    "ConfirmPolicyResponse",
     "GetPolicyRequest",
     "GetPolicyResponse",
     "Interface",
     "InterfaceServiceBase",
     "InterfaceServiceStub",
     "InterfaceState",
+    "ListHistoryRequest",
+    "ListHistoryResponse",
     "ListInterfacesRequest",
     "ListInterfacesResponse",
     "ListRuleStatsRequest",
@@ -21,6 +25,9 @@ __all__ = (
     "Policy",
     "PolicyServiceBase",
     "PolicyServiceStub",
+    "Revision",
+    "RollbackPolicyRequest",
+    "RollbackPolicyResponse",
     "Rule",
     "RuleStats",
     "StatsServiceBase",
@@ -218,6 +225,13 @@ class ApplyPolicyRequest(betterproto2.Message):
     policy is refused with FAILED_PRECONDITION naming the rule.
     """
 
+    confirm_within_seconds: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
+    """
+    Commit-confirm: unless ConfirmPolicy arrives within this many seconds,
+    the agent enforces the previous revision again (as a new revision). The
+    deadline survives an agent restart. 0: no confirm needed.
+    """
+
 
 default_message_pool.register_message(
     "fwd.v1", "ApplyPolicyRequest", ApplyPolicyRequest
@@ -236,9 +250,55 @@ class ApplyPolicyResponse(betterproto2.Message):
     The revision now enforced: the one this apply created.
     """
 
+    confirm_deadline_unix_ms: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+    """
+    With confirm_within_seconds: when the rollback happens unless confirmed
+    (unix time, milliseconds). 0 otherwise.
+    """
+
 
 default_message_pool.register_message(
     "fwd.v1", "ApplyPolicyResponse", ApplyPolicyResponse
+)
+
+
+@dataclass(eq=False, repr=False)
+class ConfirmPolicyRequest(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["ConfirmPolicyRequest"]
+
+    revision: "int | None" = betterproto2.field(
+        1, betterproto2.TYPE_UINT64, optional=True
+    )
+    """
+    The revision to keep; absent: whichever is pending.
+    """
+
+
+default_message_pool.register_message(
+    "fwd.v1", "ConfirmPolicyRequest", ConfirmPolicyRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ConfirmPolicyResponse(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name[
+            "ConfirmPolicyResponse"
+        ]
+
+    revision: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+    """
+    The revision confirmed.
+    """
+
+
+default_message_pool.register_message(
+    "fwd.v1", "ConfirmPolicyResponse", ConfirmPolicyResponse
 )
 
 
@@ -335,6 +395,51 @@ class Interface(betterproto2.Message):
 
 
 default_message_pool.register_message("fwd.v1", "Interface", Interface)
+
+
+@dataclass(eq=False, repr=False)
+class ListHistoryRequest(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["ListHistoryRequest"]
+
+    page_size: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
+    """
+    Revisions per page: 0 means 100; at most 10000.
+    """
+
+    page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    From the previous response's next_page_token; empty for the first page.
+    """
+
+
+default_message_pool.register_message(
+    "fwd.v1", "ListHistoryRequest", ListHistoryRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ListHistoryResponse(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["ListHistoryResponse"]
+
+    revisions: "list[Revision]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Empty on the last page.
+    """
+
+
+default_message_pool.register_message(
+    "fwd.v1", "ListHistoryResponse", ListHistoryResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -461,6 +566,86 @@ class Policy(betterproto2.Message):
 
 
 default_message_pool.register_message("fwd.v1", "Policy", Policy)
+
+
+@dataclass(eq=False, repr=False)
+class Revision(betterproto2.Message):
+    """
+    One applied revision.
+    """
+
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["Revision"]
+
+    revision: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+
+    applied_at_unix_ms: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+    """
+    When it was applied (unix time, milliseconds).
+    """
+
+    rules: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
+    """
+    Number of rules, default action and dry-run of its policy.
+    """
+
+    default_action: "Action" = betterproto2.field(
+        4, betterproto2.TYPE_ENUM, default_factory=lambda: Action(0)
+    )
+
+    dry_run: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
+
+
+default_message_pool.register_message("fwd.v1", "Revision", Revision)
+
+
+@dataclass(eq=False, repr=False)
+class RollbackPolicyRequest(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name[
+            "RollbackPolicyRequest"
+        ]
+
+    revision: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+    """
+    The earlier revision whose policy to enforce again.
+    """
+
+    expect_revision: "int | None" = betterproto2.field(
+        2, betterproto2.TYPE_UINT64, optional=True
+    )
+    """
+    As in ApplyPolicyRequest: fail unless this is the current revision.
+    """
+
+
+default_message_pool.register_message(
+    "fwd.v1", "RollbackPolicyRequest", RollbackPolicyRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class RollbackPolicyResponse(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name[
+            "RollbackPolicyResponse"
+        ]
+
+    revision: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+    """
+    The new revision created by the rollback.
+    """
+
+
+default_message_pool.register_message(
+    "fwd.v1", "RollbackPolicyResponse", RollbackPolicyResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -670,6 +855,71 @@ class PolicyServiceStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def confirm_policy(
+        self,
+        message: "ConfirmPolicyRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ConfirmPolicyResponse":
+        """
+        Keep a revision applied with confirm_within_seconds. FAILED_PRECONDITION
+        when no confirm (or another revision's) is pending.
+        """
+
+        return await self._unary_unary(
+            "/fwd.v1.PolicyService/ConfirmPolicy",
+            message,
+            ConfirmPolicyResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def rollback_policy(
+        self,
+        message: "RollbackPolicyRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "RollbackPolicyResponse":
+        """
+        Enforce the policy of an earlier revision again, as a new revision.
+        INVALID_ARGUMENT (field "revision") if that revision is not stored.
+        """
+
+        return await self._unary_unary(
+            "/fwd.v1.PolicyService/RollbackPolicy",
+            message,
+            RollbackPolicyResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_history(
+        self,
+        message: "ListHistoryRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListHistoryResponse":
+        """
+        The revision history, newest first, paged.
+        """
+
+        return await self._unary_unary(
+            "/fwd.v1.PolicyService/ListHistory",
+            message,
+            ListHistoryResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class StatsServiceStub(betterproto2_grpclib.ServiceStub):
     """
@@ -699,7 +949,7 @@ class StatsServiceStub(betterproto2_grpclib.ServiceStub):
 
 
 FWD_V1_FWD_PROTO_DESCRIPTOR = default_google_proto_descriptor_pool.AddSerializedFile(
-    b'\n\x10fwd/v1/fwd.proto\x12\x06fwd.v1"|\n\x06Policy\x125\n\x0edefault_action\x18\x01 \x01(\x0e2\x0e.fwd.v1.ActionR\rdefaultAction\x12\x17\n\x07dry_run\x18\x02 \x01(\x08R\x06dryRun\x12"\n\x05rules\x18\x03 \x03(\x0b2\x0c.fwd.v1.RuleR\x05rules"\xea\x01\n\x04Rule\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12&\n\x06action\x18\x02 \x01(\x0e2\x0e.fwd.v1.ActionR\x06action\x12\x1a\n\x08protocol\x18\x03 \x01(\tR\x08protocol\x12\x10\n\x03src\x18\x04 \x03(\tR\x03src\x12\x10\n\x03dst\x18\x05 \x03(\tR\x03dst\x12\x1b\n\tsrc_ports\x18\x06 \x03(\tR\x08srcPorts\x12\x1b\n\tdst_ports\x18\x07 \x03(\tR\x08dstPorts\x12\x1e\n\ninterfaces\x18\x08 \x03(\tR\ninterfaces\x12\x10\n\x03log\x18\t \x01(\x08R\x03log"\x12\n\x10GetPolicyRequest"W\n\x11GetPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x12&\n\x06policy\x18\x02 \x01(\x0b2\x0e.fwd.v1.PolicyR\x06policy"\x94\x01\n\x12ApplyPolicyRequest\x12&\n\x06policy\x18\x01 \x01(\x0b2\x0e.fwd.v1.PolicyR\x06policy\x12,\n\x0fexpect_revision\x18\x02 \x01(\x04H\x00R\x0eexpectRevision\x88\x01\x01\x12\x14\n\x05force\x18\x03 \x01(\x08R\x05forceB\x12\n\x10_expect_revision"1\n\x13ApplyPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision"\x17\n\x15ListInterfacesRequest"K\n\x16ListInterfacesResponse\x121\n\ninterfaces\x18\x01 \x03(\x0b2\x11.fwd.v1.InterfaceR\ninterfaces"\xd7\x01\n\tInterface\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07ifindex\x18\x02 \x01(\rR\x07ifindex\x12&\n\x04mode\x18\x03 \x01(\x0e2\x12.fwd.v1.AttachModeR\x04mode\x12\x17\n\x07prog_id\x18\x04 \x01(\rR\x06progId\x12\x17\n\x07link_id\x18\x05 \x01(\rR\x06linkId\x12,\n\x05state\x18\x06 \x01(\x0e2\x16.fwd.v1.InterfaceStateR\x05state\x12\x14\n\x05error\x18\x07 \x01(\tR\x05error"R\n\x14ListRuleStatsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken"h\n\x15ListRuleStatsResponse\x12\'\n\x05stats\x18\x01 \x03(\x0b2\x11.fwd.v1.RuleStatsR\x05stats\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken"\xd4\x01\n\tRuleStats\x12\x17\n\x07rule_id\x18\x01 \x01(\tR\x06ruleId\x12&\n\x06action\x18\x02 \x01(\x0e2\x0e.fwd.v1.ActionR\x06action\x12\x18\n\x07packets\x18\x03 \x01(\x04R\x07packets\x12\x14\n\x05bytes\x18\x04 \x01(\x04R\x05bytes\x12,\n\x12would_drop_packets\x18\x05 \x01(\x04R\x10wouldDropPackets\x12(\n\x10would_drop_bytes\x18\x06 \x01(\x04R\x0ewouldDropBytes*A\n\x06Action\x12\x14\n\x12ACTION_UNSPECIFIED\x12\x10\n\x0cACTION_ALLOW\x10\x01\x12\x0f\n\x0bACTION_DROP\x10\x02*j\n\nAttachMode\x12\x12\n\x10ATTACH_MODE_NONE\x12\x16\n\x12ATTACH_MODE_NATIVE\x10\x01\x12\x17\n\x13ATTACH_MODE_GENERIC\x10\x02\x12\x17\n\x13ATTACH_MODE_OFFLOAD\x10\x03*\x87\x01\n\x0eInterfaceState\x12\x1d\n\x1bINTERFACE_STATE_UNSPECIFIED\x12\x1c\n\x18INTERFACE_STATE_ATTACHED\x10\x01\x12\x1c\n\x18INTERFACE_STATE_EXCLUDED\x10\x02\x12\x1a\n\x16INTERFACE_STATE_FAILED\x10\x032\x99\x01\n\rPolicyService\x12@\n\tGetPolicy\x12\x18.fwd.v1.GetPolicyRequest\x1a\x19.fwd.v1.GetPolicyResponse\x12F\n\x0bApplyPolicy\x12\x1a.fwd.v1.ApplyPolicyRequest\x1a\x1b.fwd.v1.ApplyPolicyResponse2c\n\x10InterfaceService\x12O\n\x0eListInterfaces\x12\x1d.fwd.v1.ListInterfacesRequest\x1a\x1e.fwd.v1.ListInterfacesResponse2\\\n\x0cStatsService\x12L\n\rListRuleStats\x12\x1c.fwd.v1.ListRuleStatsRequest\x1a\x1d.fwd.v1.ListRuleStatsResponseb\x06proto3'
+    b'\n\x10fwd/v1/fwd.proto\x12\x06fwd.v1"|\n\x06Policy\x125\n\x0edefault_action\x18\x01 \x01(\x0e2\x0e.fwd.v1.ActionR\rdefaultAction\x12\x17\n\x07dry_run\x18\x02 \x01(\x08R\x06dryRun\x12"\n\x05rules\x18\x03 \x03(\x0b2\x0c.fwd.v1.RuleR\x05rules"\xea\x01\n\x04Rule\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12&\n\x06action\x18\x02 \x01(\x0e2\x0e.fwd.v1.ActionR\x06action\x12\x1a\n\x08protocol\x18\x03 \x01(\tR\x08protocol\x12\x10\n\x03src\x18\x04 \x03(\tR\x03src\x12\x10\n\x03dst\x18\x05 \x03(\tR\x03dst\x12\x1b\n\tsrc_ports\x18\x06 \x03(\tR\x08srcPorts\x12\x1b\n\tdst_ports\x18\x07 \x03(\tR\x08dstPorts\x12\x1e\n\ninterfaces\x18\x08 \x03(\tR\ninterfaces\x12\x10\n\x03log\x18\t \x01(\x08R\x03log"\x12\n\x10GetPolicyRequest"W\n\x11GetPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x12&\n\x06policy\x18\x02 \x01(\x0b2\x0e.fwd.v1.PolicyR\x06policy"\xca\x01\n\x12ApplyPolicyRequest\x12&\n\x06policy\x18\x01 \x01(\x0b2\x0e.fwd.v1.PolicyR\x06policy\x12,\n\x0fexpect_revision\x18\x02 \x01(\x04H\x00R\x0eexpectRevision\x88\x01\x01\x12\x14\n\x05force\x18\x03 \x01(\x08R\x05force\x124\n\x16confirm_within_seconds\x18\x04 \x01(\rR\x14confirmWithinSecondsB\x12\n\x10_expect_revision"j\n\x13ApplyPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x127\n\x18confirm_deadline_unix_ms\x18\x02 \x01(\x04R\x15confirmDeadlineUnixMs"D\n\x14ConfirmPolicyRequest\x12\x1f\n\x08revision\x18\x01 \x01(\x04H\x00R\x08revision\x88\x01\x01B\x0b\n\t_revision"3\n\x15ConfirmPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision"u\n\x15RollbackPolicyRequest\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x12,\n\x0fexpect_revision\x18\x02 \x01(\x04H\x00R\x0eexpectRevision\x88\x01\x01B\x12\n\x10_expect_revision"4\n\x16RollbackPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision"P\n\x12ListHistoryRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken"m\n\x13ListHistoryResponse\x12.\n\trevisions\x18\x01 \x03(\x0b2\x10.fwd.v1.RevisionR\trevisions\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken"\xb9\x01\n\x08Revision\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x12+\n\x12applied_at_unix_ms\x18\x02 \x01(\x04R\x0fappliedAtUnixMs\x12\x14\n\x05rules\x18\x03 \x01(\rR\x05rules\x125\n\x0edefault_action\x18\x04 \x01(\x0e2\x0e.fwd.v1.ActionR\rdefaultAction\x12\x17\n\x07dry_run\x18\x05 \x01(\x08R\x06dryRun"\x17\n\x15ListInterfacesRequest"K\n\x16ListInterfacesResponse\x121\n\ninterfaces\x18\x01 \x03(\x0b2\x11.fwd.v1.InterfaceR\ninterfaces"\xd7\x01\n\tInterface\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07ifindex\x18\x02 \x01(\rR\x07ifindex\x12&\n\x04mode\x18\x03 \x01(\x0e2\x12.fwd.v1.AttachModeR\x04mode\x12\x17\n\x07prog_id\x18\x04 \x01(\rR\x06progId\x12\x17\n\x07link_id\x18\x05 \x01(\rR\x06linkId\x12,\n\x05state\x18\x06 \x01(\x0e2\x16.fwd.v1.InterfaceStateR\x05state\x12\x14\n\x05error\x18\x07 \x01(\tR\x05error"R\n\x14ListRuleStatsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken"h\n\x15ListRuleStatsResponse\x12\'\n\x05stats\x18\x01 \x03(\x0b2\x11.fwd.v1.RuleStatsR\x05stats\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken"\xd4\x01\n\tRuleStats\x12\x17\n\x07rule_id\x18\x01 \x01(\tR\x06ruleId\x12&\n\x06action\x18\x02 \x01(\x0e2\x0e.fwd.v1.ActionR\x06action\x12\x18\n\x07packets\x18\x03 \x01(\x04R\x07packets\x12\x14\n\x05bytes\x18\x04 \x01(\x04R\x05bytes\x12,\n\x12would_drop_packets\x18\x05 \x01(\x04R\x10wouldDropPackets\x12(\n\x10would_drop_bytes\x18\x06 \x01(\x04R\x0ewouldDropBytes*A\n\x06Action\x12\x14\n\x12ACTION_UNSPECIFIED\x12\x10\n\x0cACTION_ALLOW\x10\x01\x12\x0f\n\x0bACTION_DROP\x10\x02*j\n\nAttachMode\x12\x12\n\x10ATTACH_MODE_NONE\x12\x16\n\x12ATTACH_MODE_NATIVE\x10\x01\x12\x17\n\x13ATTACH_MODE_GENERIC\x10\x02\x12\x17\n\x13ATTACH_MODE_OFFLOAD\x10\x03*\x87\x01\n\x0eInterfaceState\x12\x1d\n\x1bINTERFACE_STATE_UNSPECIFIED\x12\x1c\n\x18INTERFACE_STATE_ATTACHED\x10\x01\x12\x1c\n\x18INTERFACE_STATE_EXCLUDED\x10\x02\x12\x1a\n\x16INTERFACE_STATE_FAILED\x10\x032\x80\x03\n\rPolicyService\x12@\n\tGetPolicy\x12\x18.fwd.v1.GetPolicyRequest\x1a\x19.fwd.v1.GetPolicyResponse\x12F\n\x0bApplyPolicy\x12\x1a.fwd.v1.ApplyPolicyRequest\x1a\x1b.fwd.v1.ApplyPolicyResponse\x12L\n\rConfirmPolicy\x12\x1c.fwd.v1.ConfirmPolicyRequest\x1a\x1d.fwd.v1.ConfirmPolicyResponse\x12O\n\x0eRollbackPolicy\x12\x1d.fwd.v1.RollbackPolicyRequest\x1a\x1e.fwd.v1.RollbackPolicyResponse\x12F\n\x0bListHistory\x12\x1a.fwd.v1.ListHistoryRequest\x1a\x1b.fwd.v1.ListHistoryResponse2c\n\x10InterfaceService\x12O\n\x0eListInterfaces\x12\x1d.fwd.v1.ListInterfacesRequest\x1a\x1e.fwd.v1.ListInterfacesResponse2\\\n\x0cStatsService\x12L\n\rListRuleStats\x12\x1c.fwd.v1.ListRuleStatsRequest\x1a\x1d.fwd.v1.ListRuleStatsResponseb\x06proto3'
 )
 
 
@@ -762,6 +1012,35 @@ class PolicyServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def confirm_policy(
+        self, message: "ConfirmPolicyRequest"
+    ) -> "ConfirmPolicyResponse":
+        """
+        Keep a revision applied with confirm_within_seconds. FAILED_PRECONDITION
+        when no confirm (or another revision's) is pending.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def rollback_policy(
+        self, message: "RollbackPolicyRequest"
+    ) -> "RollbackPolicyResponse":
+        """
+        Enforce the policy of an earlier revision again, as a new revision.
+        INVALID_ARGUMENT (field "revision") if that revision is not stored.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_history(
+        self, message: "ListHistoryRequest"
+    ) -> "ListHistoryResponse":
+        """
+        The revision history, newest first, paged.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_get_policy(
         self, stream: "grpclib.server.Stream[GetPolicyRequest, GetPolicyResponse]"
     ) -> None:
@@ -778,6 +1057,32 @@ class PolicyServiceBase(betterproto2_grpclib.ServiceBase):
         response = await self.apply_policy(request)
         await stream.send_message(response)
 
+    async def __rpc_confirm_policy(
+        self,
+        stream: "grpclib.server.Stream[ConfirmPolicyRequest, ConfirmPolicyResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.confirm_policy(request)
+        await stream.send_message(response)
+
+    async def __rpc_rollback_policy(
+        self,
+        stream: "grpclib.server.Stream[RollbackPolicyRequest, RollbackPolicyResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.rollback_policy(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_history(
+        self, stream: "grpclib.server.Stream[ListHistoryRequest, ListHistoryResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.list_history(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/fwd.v1.PolicyService/GetPolicy": grpclib.const.Handler(
@@ -791,6 +1096,24 @@ class PolicyServiceBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ApplyPolicyRequest,
                 ApplyPolicyResponse,
+            ),
+            "/fwd.v1.PolicyService/ConfirmPolicy": grpclib.const.Handler(
+                self.__rpc_confirm_policy,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ConfirmPolicyRequest,
+                ConfirmPolicyResponse,
+            ),
+            "/fwd.v1.PolicyService/RollbackPolicy": grpclib.const.Handler(
+                self.__rpc_rollback_policy,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                RollbackPolicyRequest,
+                RollbackPolicyResponse,
+            ),
+            "/fwd.v1.PolicyService/ListHistory": grpclib.const.Handler(
+                self.__rpc_list_history,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListHistoryRequest,
+                ListHistoryResponse,
             ),
         }
 
