@@ -517,8 +517,9 @@ static __always_inline void count_iface(__u32 ifindex, __u32 verdict, __u64 byte
 
 /*
  * Per-CPU token bucket in fixed point (credit = tokens * 1e9): refill by
- * elapsed_ns * rate, no division. A gap of a second or more refills fully,
- * which also keeps elapsed * rate far from overflowing.
+ * elapsed_ns * rate, no division. A gap is counted as at most
+ * FWD_EVENT_MAX_GAP_S seconds, so with rate <= FWD_EVENT_MAX_RATE and burst
+ * <= FWD_EVENT_MAX_BURST nothing overflows (16e9 * 1e8 + 1e18 < 2^64).
  */
 static __always_inline int take_token(struct fwd_event_bucket *b)
 {
@@ -527,10 +528,9 @@ static __always_inline int take_token(struct fwd_event_bucket *b)
 	__u64 cap = fwd_event_config.burst * NSEC_PER_SEC;
 	__u64 elapsed = now - b->last_ns;
 
-	if (elapsed >= NSEC_PER_SEC)
-		b->credit = cap;
-	else
-		b->credit += elapsed * rate;
+	if (elapsed > FWD_EVENT_MAX_GAP_S * NSEC_PER_SEC)
+		elapsed = FWD_EVENT_MAX_GAP_S * NSEC_PER_SEC;
+	b->credit += elapsed * rate;
 	if (b->credit > cap)
 		b->credit = cap;
 	b->last_ns = now;

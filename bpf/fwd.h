@@ -153,6 +153,9 @@ struct fwd_if_stats {
 #define FWD_EVENTS_SIZE 4194304    /* fwd_events bytes (power of 2, pages); settable before load */
 #define FWD_EVENT_RATE 100000      /* default records per second per CPU */
 #define FWD_EVENT_BURST 10000      /* default bucket depth (records) per CPU */
+#define FWD_EVENT_MAX_RATE 100000000   /* limits that keep the bucket's */
+#define FWD_EVENT_MAX_BURST 1000000000 /* fixed point from overflowing */
+#define FWD_EVENT_MAX_GAP_S 16     /* idle seconds the bucket refills for, at most */
 
 /* fwd_event.flags */
 #define FWD_EV_DRY_RUN (1 << 0)    /* the generation is in dry-run */

@@ -44,10 +44,11 @@ import os
 import platform
 import struct
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
-from fwd.bpf import libbpf
+from fwd.bpf import abi, libbpf
 from fwd.errors import BpfError
+from fwd.events import KernelEventStats, sum_event_stats
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
@@ -194,3 +195,45 @@ class RingBuffer:
 
     def __del__(self) -> None:
         self.close()
+
+
+# --- the fwd object's event maps ----------------------------------------------------
+
+
+class _Configurable(Protocol):
+    def set_initial_value(self, map_name: str, data: bytes) -> None: ...
+
+    def set_max_entries(self, map_name: str, n: int) -> None: ...
+
+
+class _Lookup(Protocol):
+    @property
+    def ncpus(self) -> int: ...
+
+    def lookup(self, key: bytes) -> bytes | None: ...
+
+
+def configure_events(
+    obj: _Configurable,
+    *,
+    rate: int = abi.EVENT_RATE,
+    burst: int = abi.EVENT_BURST,
+    size: int = abi.EVENTS_SIZE,
+) -> None:
+    """Set the event budget (records/s and burst, per CPU) and ring size; before load."""
+    if not 0 <= rate <= abi.EVENT_MAX_RATE:
+        raise ValueError(f"event rate must be 0..{abi.EVENT_MAX_RATE}, got {rate}")
+    if not 1 <= burst <= abi.EVENT_MAX_BURST:
+        raise ValueError(f"event burst must be 1..{abi.EVENT_MAX_BURST}, got {burst}")
+    if size < mmap.PAGESIZE or size & (size - 1):
+        raise ValueError(f"ring buffer size must be a power of 2 >= {mmap.PAGESIZE}, got {size}")
+    obj.set_initial_value(abi.EVENT_CONFIG_MAP, bytes(abi.EventConfig(rate=rate, burst=burst)))
+    obj.set_max_entries("fwd_events", size)
+
+
+def kernel_event_stats(stats_map: _Lookup) -> KernelEventStats:
+    """Read ``fwd_event_stats`` and sum it over CPUs."""
+    raw = stats_map.lookup(bytes(4))
+    if raw is None:  # an array always has index 0; a fake may not
+        return KernelEventStats()
+    return sum_event_stats(raw, stats_map.ncpus)
