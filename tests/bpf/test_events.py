@@ -238,7 +238,7 @@ def test_budget_suppresses_and_counts() -> None:
 
 
 def test_every_logged_verdict_is_accounted_for() -> None:
-    p = make_plane(rate=1, burst=3000, size=1 << 16)  # ~910 records fit; 3000 tokens
+    p = make_plane(rate=1000, burst=3000, size=1 << 16)  # ~910 records fit; 3000 tokens
     try:
         p.install({"rules": [{"id": "log-udp", "action": "drop", "protocol": "udp", "log": True}]})
         n = 20_000
