@@ -60,6 +60,41 @@ struct {
 	__type(value, struct fwd_counter);
 } fwd_counters SEC(".maps");
 
+/* Verdicts per ingress interface (bpf/README.md "Events and interface counters"). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, FWD_MAX_IFACES);
+	__type(key, __u32);
+	__type(value, struct fwd_if_stats);
+} fwd_if_stats SEC(".maps");
+
+/* Event records; the agent may resize it before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, FWD_EVENTS_SIZE);
+} fwd_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fwd_event_stats);
+} fwd_event_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fwd_event_bucket);
+} fwd_event_bucket SEC(".maps");
+
+/* The event budget: its own section, so the agent can set it before load
+ * (map ".rodata.events") without knowing the layout of other globals. */
+const volatile struct fwd_event_config fwd_event_config SEC(".rodata.events") = {
+	.rate = FWD_EVENT_RATE,
+	.burst = FWD_EVENT_BURST,
+};
+
 /* ---- header layouts not exported by the uapi headers -------------------- */
 
 #define ETH_P_8021Q_ 0x8100
@@ -455,6 +490,126 @@ static __always_inline void count(__u32 slot, __u64 bytes, int would_drop)
 	}
 }
 
+/* ---- the verdict stage: interface counters and events ------------------- */
+
+#define NSEC_PER_SEC 1000000000ULL
+
+/* Per-interface verdict counters; the entry is created on first sight. */
+static __always_inline void count_iface(__u32 ifindex, __u32 verdict, __u64 bytes)
+{
+	struct fwd_if_stats *st = bpf_map_lookup_elem(&fwd_if_stats, &ifindex);
+
+	if (!st) {
+		struct fwd_if_stats zero = {};
+
+		/* NOEXIST: another CPU may have created it meanwhile; the map
+		 * being full (FWD_MAX_IFACES) leaves the packet uncounted here. */
+		bpf_map_update_elem(&fwd_if_stats, &ifindex, &zero, BPF_NOEXIST);
+		st = bpf_map_lookup_elem(&fwd_if_stats, &ifindex);
+		if (!st)
+			return;
+	}
+	if (verdict > FWD_VERDICT_WOULD_DROP)
+		return;
+	st->packets[verdict] += 1;
+	st->bytes[verdict] += bytes;
+}
+
+/*
+ * Per-CPU token bucket in fixed point (credit = tokens * 1e9): refill by
+ * elapsed_ns * rate, no division. A gap is counted as at most
+ * FWD_EVENT_MAX_GAP_S seconds, so with rate <= FWD_EVENT_MAX_RATE and burst
+ * <= FWD_EVENT_MAX_BURST nothing overflows (16e9 * 1e8 + 1e18 < 2^64).
+ */
+static __always_inline int take_token(struct fwd_event_bucket *b)
+{
+	__u64 now = bpf_ktime_get_ns();
+	__u64 rate = fwd_event_config.rate;
+	__u64 cap = fwd_event_config.burst * NSEC_PER_SEC;
+	__u64 elapsed = now - b->last_ns;
+
+	if (elapsed > FWD_EVENT_MAX_GAP_S * NSEC_PER_SEC)
+		elapsed = FWD_EVENT_MAX_GAP_S * NSEC_PER_SEC;
+	b->credit += elapsed * rate;
+	if (b->credit > cap)
+		b->credit = cap;
+	b->last_ns = now;
+	if (b->credit < NSEC_PER_SEC)
+		return 0;
+	b->credit -= NSEC_PER_SEC;
+	return 1;
+}
+
+/* One logged verdict: a record, or a count of why there is none. */
+static __always_inline void emit_event(const struct fwd_key *key, __u32 slot, __u8 action,
+				       __u8 evflags, __u64 bytes)
+{
+	struct fwd_event_bucket *b;
+	struct fwd_event_stats *st;
+	struct fwd_event *e;
+	__u32 zero = 0;
+
+	st = bpf_map_lookup_elem(&fwd_event_stats, &zero);
+	b = bpf_map_lookup_elem(&fwd_event_bucket, &zero);
+	if (!st || !b)
+		return;
+	if (!take_token(b)) {
+		st->suppressed += 1;
+		return;
+	}
+	e = bpf_ringbuf_reserve(&fwd_events, sizeof(*e), 0);
+	if (!e) {
+		st->ringbuf_full += 1;
+		return;
+	}
+	/* Every byte is written: the record must not leak stale ring memory. */
+	e->time_ns = bpf_ktime_get_ns();
+	e->ifindex = key->ifindex;
+	e->slot = slot;
+	__builtin_memcpy(e->src, key->src, 16);
+	__builtin_memcpy(e->dst, key->dst, 16);
+	e->len = bytes;
+	e->sport = key->sport;
+	e->dport = key->dport;
+	e->proto = key->proto;
+	e->tcp_flags = key->tcp_flags;
+	e->action = action;
+	e->flags = evflags;
+	e->l4 = key->l4;
+	e->pad[0] = 0;
+	e->pad[1] = 0;
+	e->pad[2] = 0;
+	/* Default wake-up policy: the reader is woken only when it has caught
+	 * up, so a flood costs one wake-up per batch, not per record. */
+	bpf_ringbuf_submit(e, 0);
+	st->emitted += 1;
+}
+
+/*
+ * The last step for every IP packet (malformed included): rule counters,
+ * interface counters, the event if this verdict is logged, and the XDP
+ * action. evflags carries FWD_EV_*; log is the rule's FWD_RULE_LOG or, for
+ * a default drop, the generation's FWD_GEN_LOG_DEFAULT.
+ */
+static __always_inline int finish(const struct fwd_key *key, __u32 slot, __u8 action,
+				  __u8 evflags, int log, __u64 bytes)
+{
+	int would_drop = !!(evflags & FWD_EV_WOULD_DROP);
+	__u32 verdict;
+
+	count(slot, bytes, would_drop);
+	if (would_drop)
+		verdict = FWD_VERDICT_WOULD_DROP;
+	else if (action == FWD_ACT_DROP)
+		verdict = FWD_VERDICT_DROP;
+	else
+		verdict = FWD_VERDICT_PASS;
+	count_iface(key->ifindex, verdict, bytes);
+	if (log || would_drop)
+		emit_event(key, slot, action, evflags, bytes);
+	return verdict == FWD_VERDICT_DROP ? XDP_DROP : XDP_PASS;
+}
+
 /* ---- the program ---------------------------------------------------------- */
 
 SEC("xdp")
@@ -468,8 +623,8 @@ int fwd_xdp(struct xdp_md *ctx)
 	const struct fwd_live *live;
 	struct classify_ctx cc;
 	__u32 zero = 0, gen = 0, slot;
-	__u8 action, gflags = 0, default_action = FWD_ACT_ALLOW;
-	int kind, would_drop;
+	__u8 action, gflags = 0, default_action = FWD_ACT_ALLOW, evflags;
+	int kind, would_drop, log;
 
 	/* 1. Parse into a fully zeroed key (pad and unset fields must be 0:
 	 *    the key is hashed as raw bytes). */
@@ -480,6 +635,7 @@ int fwd_xdp(struct xdp_md *ctx)
 	/* 2. Non-IP is never filtered. */
 	if (kind == PKT_NON_IP) {
 		count(FWD_SLOT_NON_IP, bytes, 0);
+		count_iface(cc.key.ifindex, FWD_VERDICT_PASS, bytes);
 		return XDP_PASS;
 	}
 
@@ -521,9 +677,17 @@ int fwd_xdp(struct xdp_md *ctx)
 			      (cc.found && (cc.best.flags & FWD_RULE_AUDIT)));
 	}
 
-	/* 5. Count, then decide: a would-be drop passes. */
-	count(slot, bytes, would_drop);
-	if (would_drop)
-		return XDP_PASS;
-	return action == FWD_ACT_DROP ? XDP_DROP : XDP_PASS;
+	/* 5. Count, log, then decide: a would-be drop passes. */
+	evflags = (gflags & FWD_GEN_DRY_RUN ? FWD_EV_DRY_RUN : 0) |
+		  (would_drop ? FWD_EV_WOULD_DROP : 0);
+	if (kind == PKT_MALFORMED) {
+		evflags |= FWD_EV_MALFORMED;
+		log = 0;
+	} else if (cc.found) {
+		log = !!(cc.best.flags & FWD_RULE_LOG);
+	} else {
+		evflags |= FWD_EV_DEFAULT;
+		log = action == FWD_ACT_DROP && (gflags & FWD_GEN_LOG_DEFAULT);
+	}
+	return finish(&cc.key, slot, action, evflags, log, bytes);
 }

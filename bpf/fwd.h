@@ -141,4 +141,63 @@ struct fwd_if_stats {
 	__u64 bytes[3];
 };
 
+/* ---- events (issue 4) ------------------------------------------------------
+ *
+ * A record goes to the fwd_events ring buffer for every verdict of a rule
+ * with FWD_RULE_LOG, every "would drop" (dry-run / audit), and every drop by
+ * the default action in a generation with FWD_GEN_LOG_DEFAULT ("logged
+ * verdicts"). A per-CPU token bucket caps records per second; every logged
+ * verdict ends in exactly one fwd_event_stats counter:
+ * emitted + suppressed + ringbuf_full == logged verdicts.
+ */
+#define FWD_EVENTS_SIZE 4194304    /* fwd_events bytes (power of 2, pages); settable before load */
+#define FWD_EVENT_RATE 100000      /* default records per second per CPU */
+#define FWD_EVENT_BURST 10000      /* default bucket depth (records) per CPU */
+#define FWD_EVENT_MAX_RATE 100000000   /* limits that keep the bucket's */
+#define FWD_EVENT_MAX_BURST 1000000000 /* fixed point from overflowing */
+#define FWD_EVENT_MAX_GAP_S 16     /* idle seconds the bucket refills for, at most */
+
+/* fwd_event.flags */
+#define FWD_EV_DRY_RUN (1 << 0)    /* the generation is in dry-run */
+#define FWD_EV_WOULD_DROP (1 << 1) /* a drop turned into a pass by dry-run / audit */
+#define FWD_EV_DEFAULT (1 << 2)    /* no rule matched: the default action decided */
+#define FWD_EV_MALFORMED (1 << 3)  /* malformed packet (slot FWD_SLOT_MALFORMED) */
+
+/* One ring buffer record (64 bytes; the ring adds an 8-byte header). */
+struct fwd_event {
+	__u64 time_ns;    /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u32 ifindex;    /* ingress interface */
+	__u32 slot;       /* counter slot that decided (rule or reserved) */
+	__u8 src[16];     /* as in fwd_key: network order, IPv4-mapped */
+	__u8 dst[16];
+	__u32 len;        /* frame length in bytes */
+	__u16 sport;      /* host order; ICMP type when l4 & FWD_L4_ICMP */
+	__u16 dport;      /* host order; ICMP code when l4 & FWD_L4_ICMP */
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 action;      /* FWD_ACT_* of the deciding rule / default */
+	__u8 flags;       /* FWD_EV_* */
+	__u8 l4;          /* FWD_L4_* bits of the packet key */
+	__u8 pad[3];
+};
+
+/* fwd_event_stats[0], per CPU: where each logged verdict went. */
+struct fwd_event_stats {
+	__u64 emitted;      /* records submitted to fwd_events */
+	__u64 suppressed;   /* refused by the per-CPU budget */
+	__u64 ringbuf_full; /* bpf_ringbuf_reserve failed (consumer too slow) */
+};
+
+/* The budget, a const volatile in section .rodata.events: set before load. */
+struct fwd_event_config {
+	__u64 rate;       /* records per second per CPU (0: none) */
+	__u64 burst;      /* bucket depth in records */
+};
+
+/* fwd_event_bucket[0], per CPU: token bucket state (kernel-private). */
+struct fwd_event_bucket {
+	__u64 credit;     /* tokens * 1e9 (one record costs 1e9) */
+	__u64 last_ns;    /* last refill */
+};
+
 #endif /* FWD_H */

@@ -29,14 +29,24 @@ from fwd import systemd
 from fwd.actors.confirm import Confirmer
 from fwd.actors.datapath import Datapath
 from fwd.actors.discovery import Discovery
+from fwd.actors.events import Events
 from fwd.actors.links import Links
 from fwd.api.server import Api
 from fwd.bpf.objects import BpfObject
 from fwd.bpf.objpath import default_object_path
+from fwd.bpf.ringbuf import RingBuffer, kernel_event_stats
 from fwd.bpf.sync import RcuBarrier
 from fwd.dataplane import Dataplane
 from fwd.errors import FwdError
-from fwd.messages import ConfirmCommand, DatapathCommand, LinkEvent, ListInterfaces, Settings
+from fwd.messages import (
+    ConfirmCommand,
+    DatapathCommand,
+    EventsCommand,
+    LinkEvent,
+    ListInterfaces,
+    Settings,
+    SlotNames,
+)
 from fwd.store import SqliteStore
 
 log = structlog.get_logger("fwd.agent")
@@ -91,6 +101,7 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
         ncpus = next(iter(maps.values())).ncpus
         store = SqliteStore(settings.state_dir)
         barrier = RcuBarrier()
+        ring = RingBuffer(maps["fwd_events"].fd)
         try:
             dataplane = Dataplane(maps, ncpus, barrier)
             datapath = Datapath(dataplane, store)
@@ -114,10 +125,15 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
             api = Api(
                 datapath=dp_cmd_tx, links=ifreq_tx, settings=settings, confirmer=confirm_tx
             )
+            # Events: ev_cmd_tx is for the Api (Subscribe), names_tx for the Datapath (SlotNames).
+            events = Events(ring, lambda: kernel_event_stats(maps["fwd_event_stats"]))
+            ev_cmd_tx, ev_cmd_rx = anyio.create_memory_object_stream[EventsCommand](64)
+            names_tx, names_rx = anyio.create_memory_object_stream[SlotNames](math.inf)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_signals, tg.cancel_scope)
                 await tg.start(_actor, "datapath", datapath.run, dp_cmd_rx, dl_rx)
                 await tg.start(_actor, "links", links.run, lk_rx, ifreq_rx)
+                await tg.start(_actor, "events", events.run, ev_cmd_rx, names_rx)
                 tg.start_soon(_tee, ev_rx, lk_tx, dl_tx)
                 await tg.start(_actor, "discovery", discovery.run, ev_tx)
                 # After the Datapath: a rollback due while the agent was down goes out at once.
@@ -132,6 +148,7 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
         finally:
             store.close()
             barrier.close()
+            ring.close()
 
 
 def run(settings: Settings, *, log_level: str = "info") -> int:

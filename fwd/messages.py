@@ -11,8 +11,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from fwd.events import DropEvent, EventFilter
 from fwd.policy.model import Policy
 
 T = TypeVar("T")
@@ -241,3 +242,47 @@ class Settings:
     mgmt_services: tuple[str, ...] = ("tcp/22",)
     # Largest request message the API reads (a 100,000-rule policy is ~6 MB).
     max_request_bytes: int = 64 * 1024 * 1024
+
+
+# --- Events (issue 4) -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlotNames:
+    """Datapath -> Events: the counter slot -> rule id table of the enforced policy.
+
+    Sent whenever the table changes (after every apply, and once at start), so
+    the Events actor names rules without sharing the Datapath's state. Reserved
+    slots may be included (e.g. ``(default)``).
+    """
+
+    revision: int
+    names: tuple[tuple[int, str], ...]
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    """Events -> one subscriber: decoded events, and how many it lost before them.
+
+    ``lost`` counts events that matched this subscriber's filter but were
+    dropped because its stream was full, since the previous batch it received.
+    """
+
+    events: tuple[DropEvent, ...]
+    lost: int = 0
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    """Api -> Events: start a subscription; the reply carries its receive stream.
+
+    ``buffer`` bounds the subscriber's stream in batches (each at most the
+    actor's per-wake-up budget of events). Unsubscribe by closing the stream.
+    """
+
+    filter: EventFilter
+    reply: MemoryObjectSendStream[Reply[MemoryObjectReceiveStream[EventBatch]]]
+    buffer: int = 64
+
+
+EventsCommand = Subscribe

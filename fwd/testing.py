@@ -7,6 +7,7 @@ Datapath or Links) can be tested without BPF, netlink or root.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from fwd.messages import (
 )
 from fwd.policy.model import EMPTY_POLICY, Policy
 
-__all__ = ["ApiHarness", "FakeDatapath", "FakeLinks", "serve_api"]
+__all__ = ["ApiHarness", "FakeDatapath", "FakeLinks", "FakeRing", "serve_api"]
 
 
 T = TypeVar("T")
@@ -220,3 +221,36 @@ async def serve_api(
                         front.cancel_scope.cancel()
             finally:
                 actors.cancel_scope.cancel()
+
+
+class FakeRing:
+    """A ring buffer reader fed by the test: ``push`` records, the actor consumes them.
+
+    Readiness is a pipe holding one byte while records wait, so the Events
+    actor's ``anyio.wait_readable(fileno())`` behaves as on the real map fd.
+    """
+
+    def __init__(self) -> None:
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        self._records: list[bytes] = []
+        self.consumed = 0
+
+    def fileno(self) -> int:
+        return self._r
+
+    def push(self, records: Sequence[bytes]) -> None:
+        if records and not self._records:
+            os.write(self._w, b"x")
+        self._records.extend(records)
+
+    def consume(self, budget: int) -> list[bytes]:
+        out, self._records = self._records[:budget], self._records[budget:]
+        if out and not self._records:
+            os.read(self._r, 1)
+        self.consumed += len(out)
+        return out
+
+    def close(self) -> None:
+        os.close(self._r)
+        os.close(self._w)

@@ -39,6 +39,20 @@ VERDICT_DROP = 1
 VERDICT_WOULD_DROP = 2
 MAX_IFACES = 4096
 
+# Events (issue 4): see fwd.h.
+EVENTS_SIZE = 4194304
+EVENT_RATE = 100000
+EVENT_BURST = 10000
+EVENT_MAX_RATE = 100000000
+EVENT_MAX_BURST = 1000000000
+EVENT_MAX_GAP_S = 16
+EV_DRY_RUN = 1 << 0
+EV_WOULD_DROP = 1 << 1
+EV_DEFAULT = 1 << 2
+EV_MALFORMED = 1 << 3
+# The section (hence libbpf map name) holding struct fwd_event_config.
+EVENT_CONFIG_MAP = ".rodata.events"
+
 U8x16 = ctypes.c_uint8 * 16
 U64x3 = ctypes.c_uint64 * 3
 
@@ -131,6 +145,49 @@ class IfStats(ctypes.Structure):
     ]
 
 
+class Event(ctypes.Structure):
+    """struct fwd_event: one record of the fwd_events ring buffer."""
+
+    _fields_ = [
+        ("time_ns", ctypes.c_uint64),
+        ("ifindex", ctypes.c_uint32),
+        ("slot", ctypes.c_uint32),
+        ("src", U8x16),
+        ("dst", U8x16),
+        ("len", ctypes.c_uint32),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("tcp_flags", ctypes.c_uint8),
+        ("action", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+        ("l4", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+    ]
+
+
+class EventStats(ctypes.Structure):
+    """struct fwd_event_stats: per-CPU value of fwd_event_stats[0]."""
+
+    _fields_ = [
+        ("emitted", ctypes.c_uint64),
+        ("suppressed", ctypes.c_uint64),
+        ("ringbuf_full", ctypes.c_uint64),
+    ]
+
+
+class EventConfig(ctypes.Structure):
+    """struct fwd_event_config: the event budget, set before load."""
+
+    _fields_ = [("rate", ctypes.c_uint64), ("burst", ctypes.c_uint64)]
+
+
+class EventBucket(ctypes.Structure):
+    """struct fwd_event_bucket: per-CPU token bucket state (kernel-private)."""
+
+    _fields_ = [("credit", ctypes.c_uint64), ("last_ns", ctypes.c_uint64)]
+
+
 STRUCTS: dict[str, type[ctypes.Structure]] = {
     "fwd_key": Key,
     "fwd_tuple": Tuple,
@@ -139,4 +196,8 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
     "fwd_gen_config": GenConfig,
     "fwd_counter": Counter,
     "fwd_if_stats": IfStats,
+    "fwd_event": Event,
+    "fwd_event_stats": EventStats,
+    "fwd_event_config": EventConfig,
+    "fwd_event_bucket": EventBucket,
 }
