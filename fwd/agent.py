@@ -104,7 +104,8 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
         ring = RingBuffer(maps["fwd_events"].fd)
         try:
             dataplane = Dataplane(maps, ncpus, barrier)
-            datapath = Datapath(dataplane, store)
+            names_tx, names_rx = anyio.create_memory_object_stream[SlotNames](math.inf)
+            datapath = Datapath(dataplane, store, names=names_tx)
             links = Links(
                 prog_fd=prog.fd,
                 include=settings.include,
@@ -122,13 +123,16 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
             dl_tx, dl_rx = anyio.create_memory_object_stream[LinkEvent](math.inf)
             confirm_tx, confirm_rx = anyio.create_memory_object_stream[ConfirmCommand](64)
             confirmer = Confirmer(settings.state_dir)
-            api = Api(
-                datapath=dp_cmd_tx, links=ifreq_tx, settings=settings, confirmer=confirm_tx
-            )
             # Events: ev_cmd_tx is for the Api (Subscribe), names_tx for the Datapath (SlotNames).
             events = Events(ring, lambda: kernel_event_stats(maps["fwd_event_stats"]))
             ev_cmd_tx, ev_cmd_rx = anyio.create_memory_object_stream[EventsCommand](64)
-            names_tx, names_rx = anyio.create_memory_object_stream[SlotNames](math.inf)
+            api = Api(
+                datapath=dp_cmd_tx,
+                links=ifreq_tx,
+                settings=settings,
+                confirmer=confirm_tx,
+                events=ev_cmd_tx,
+            )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_signals, tg.cancel_scope)
                 await tg.start(_actor, "datapath", datapath.run, dp_cmd_rx, dl_rx)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -16,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TextIO
 
 import anyio
+import betterproto2
 from grpclib import GRPCError
 from grpclib.exceptions import StreamTerminatedError
 
@@ -39,6 +41,7 @@ commands:
   fwd policy confirm [REV]
   fwd policy rollback REV [--expect-revision N]
   fwd policy history [-o table|json]
+  fwd events [--follow] [--action A] [--rule ID] [--iface I] [--prefix CIDR] [-o json]
   fwd interfaces [-o table|json]
   fwd stats [-o table|json]
 
@@ -169,6 +172,43 @@ async def _policy_history(client: Client, args: argparse.Namespace, out: TextIO)
     else:
         headers = ["REVISION", "APPLIED_AT", "RULES", "DEFAULT", "DRY_RUN"]
         out.write(format_table(headers, [list(r.values()) for r in rows]))
+
+
+async def _events(client: Client, args: argparse.Namespace, out: TextIO) -> None:
+    actions = {"allow": pb.Action.ALLOW, "drop": pb.Action.DROP}
+    request = pb.SubscribeRequest(
+        actions=[actions[a] for a in args.action],
+        rule_ids=args.rule,
+        interfaces=args.iface,
+        prefixes=args.prefix,
+    )
+    seen = 0
+    with anyio.move_on_after(args.duration or math.inf):
+        async for batch in client.events(request):
+            if batch.lost:
+                msg = f"{batch.lost} events lost (this subscriber fell behind)"
+                if args.output == "json":
+                    out.write(json.dumps({"lost": batch.lost}) + "\n")
+                else:
+                    out.write(f"# {msg}\n")
+            for event in batch.events:
+                out.write(_event_line(event, args.output) + "\n")
+                seen += 1
+                if args.count and seen >= args.count:
+                    out.flush()
+                    return
+            out.flush()
+
+
+def _event_line(e: pb.Event, output: str) -> str:
+    if output == "json":
+        return json.dumps(e.to_dict(casing=betterproto2.Casing.SNAKE), sort_keys=True)
+    verdict = "DROP" if e.dropped else ("WOULD-DROP" if e.would_drop else _enum_name(e.action))
+    when = time.strftime("%H:%M:%S", time.localtime(e.time_unix_ns / 1e9))
+    rule = e.rule_id or ("(default)" if e.default_action else "(malformed)")
+    src = f"{e.src}:{e.src_port}" if e.src else "?"
+    dst = f"{e.dst}:{e.dst_port}" if e.dst else "?"
+    return f"{when} {e.interface or e.ifindex} {verdict} {rule} proto {e.protocol} {src} > {dst} len {e.length}"
 
 
 def _duration(text: str) -> int:
@@ -475,6 +515,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     history.add_argument("-o", "--output", choices=("table", "json"), default="table")
     history.set_defaults(client=_policy_history)
+
+    events = sub.add_parser(
+        "events",
+        parents=[common],
+        help="stream drop events (logged rules, would-drops)",
+        description="Stream events from the agent until interrupted (or --count/--duration). "
+        "Filters combine: every given one must match.",
+    )
+    events.add_argument("--follow", "-f", action="store_true",
+                        help="keep streaming (the default; accepted for familiarity)")
+    events.add_argument("--action", action="append", default=[], choices=("allow", "drop"))
+    events.add_argument("--rule", action="append", default=[], metavar="ID")
+    events.add_argument("--iface", action="append", default=[], metavar="NAME")
+    events.add_argument("--prefix", action="append", default=[], metavar="CIDR",
+                        help="source or destination inside CIDR")
+    events.add_argument("--count", type=int, default=0, metavar="N", help="stop after N events")
+    events.add_argument("--duration", type=_positive, default=0.0, metavar="SECONDS",
+                        help="stop after SECONDS")
+    events.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    events.set_defaults(client=_events)
 
     ifaces = sub.add_parser(
         "interfaces",

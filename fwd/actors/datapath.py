@@ -7,13 +7,15 @@ apply is never interleaved with another apply or a counter read.
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import structlog
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from fwd.bpf import abi
 from fwd.dataplane import Dataplane
@@ -31,6 +33,7 @@ from fwd.messages import (
     LinkEvent,
     Reply,
     RuleStats,
+    SlotNames,
 )
 from fwd.policy.compiler import assign_slots, fresh_slots
 from fwd.policy.model import EMPTY_POLICY, Action, Policy
@@ -66,9 +69,15 @@ class _State:
 class Datapath:
     """Compiles policies and installs them atomically; answers GetPolicy / GetStats."""
 
-    def __init__(self, dataplane: Dataplane, store: Store) -> None:
+    def __init__(
+        self,
+        dataplane: Dataplane,
+        store: Store,
+        names: MemoryObjectSendStream[SlotNames] | None = None,
+    ) -> None:
         self._dp = dataplane
         self._store = store
+        self._names = names  # the slot -> rule id table goes to the Events actor
         self._state = _State()
         self._stats = DatapathStatistics()
         # Applies from the command loop and recompiles after link changes both
@@ -197,6 +206,11 @@ class Datapath:
             await anyio.to_thread.run_sync(
                 self._install_sync, policy, revision, slots, persist_first
             )
+        if self._names is not None:  # on the loop: memory streams are not thread-safe
+            table = [*RESERVED_SLOTS.items(), *((s, rid) for rid, s in slots.items())]
+            # Unbounded channel: never blocks; a closed one means Events is gone (shutdown).
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._names.send_nowait(SlotNames(revision, tuple(table)))
 
     def _install_sync(
         self, policy: Policy, revision: int, slots: dict[str, int], persist_first: bool

@@ -4,7 +4,7 @@ or over TCP with mutual TLS when given a server address and an SSL context."""
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from ssl import SSLContext
 from types import TracebackType
 from typing import Self, TypeVar
@@ -135,6 +135,18 @@ class Client:
             token = reply.next_page_token
             if not token:
                 return out
+
+    async def events(self, request: pb.SubscribeRequest) -> AsyncIterator[pb.EventBatch]:
+        """Stream event batches until the caller stops iterating (no per-call timeout)."""
+        stub = pb.EventServiceStub(self.channel)
+        try:
+            async for batch in stub.subscribe(request):
+                yield batch
+        except (ConnectionRefusedError, FileNotFoundError) as exc:
+            raise AgentUnreachable(
+                f"is the agent running? cannot connect to {self.server or self.socket_path}: "
+                f"{exc.strerror}"
+            ) from None
 
     async def list_interfaces(self) -> list[pb.Interface]:
         """Every interface the agent knows."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from fwd import messages
+from fwd.events import DropEvent
 from fwd.api.gen.fwd import v1 as pb
 from fwd.policy import model
 
@@ -102,6 +103,29 @@ def policy_to_proto(policy: model.Policy) -> pb.Policy:
 def action_to_proto(action: str) -> pb.Action:
     """"allow" / "drop" -> the proto enum."""
     return _ACTIONS[action]
+
+
+def event_to_proto(event: DropEvent, interface: str) -> pb.Event:
+    """A decoded kernel event as sent to subscribers."""
+    return pb.Event(
+        time_unix_ns=event.time_ns,
+        interface=interface,
+        ifindex=event.ifindex,
+        rule_id=event.rule_id,
+        action=_ACTIONS[event.action.value],
+        dropped=event.dropped,
+        dry_run=event.dry_run,
+        would_drop=event.would_drop,
+        default_action=event.default,
+        malformed=event.malformed,
+        src=str(event.src) if event.src is not None else "",
+        dst=str(event.dst) if event.dst is not None else "",
+        src_port=event.sport,
+        dst_port=event.dport,
+        protocol=event.proto,
+        tcp_flags=event.tcp_flags,
+        length=event.length,
+    )
 
 
 def interface_to_proto(status: messages.InterfaceStatus) -> pb.Interface:

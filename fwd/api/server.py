@@ -16,7 +16,8 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Callable, Iterator
+import ipaddress
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -24,7 +25,7 @@ import anyio
 import betterproto2
 import structlog
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from grpclib import GRPCError
 from grpclib.const import Status
 from grpclib.events import RecvRequest, listen
@@ -46,7 +47,9 @@ from fwd.errors import (
     PreconditionFailed,
     RevisionMismatch,
 )
+from fwd.events import EventFilter
 from fwd.messages import DatapathCommand, ListInterfaces, Reply, Settings
+from fwd.policy.model import Action
 from fwd.policy.lockout import LockoutError, Service, check_lockout, parse_prefixes
 
 if TYPE_CHECKING:
@@ -107,7 +110,9 @@ class Api:
         links: MemoryObjectSendStream[ListInterfaces],
         settings: Settings,
         confirmer: MemoryObjectSendStream[messages.ConfirmCommand] | None = None,
+        events: MemoryObjectSendStream[messages.EventsCommand] | None = None,
     ) -> None:
+        self._events = events
         self._datapath = datapath
         self._links = links
         self._confirmer = confirmer
@@ -128,6 +133,7 @@ class Api:
             _PolicyService(self),
             _InterfaceService(self),
             _StatsService(self),
+            _EventService(self),
         ]
         # An empty check list per service: each reports SERVING while the server runs.
         health = Health({service: [] for service in services})
@@ -285,6 +291,16 @@ class Api:
                                      anyio.ClosedResourceError):
                 self._confirmer.send_nowait(messages.Superseded(revision))
 
+    async def subscribe(
+        self, flt: EventFilter
+    ) -> MemoryObjectReceiveStream[messages.EventBatch]:
+        """A new event subscription (close the stream to end it)."""
+        if self._events is None:
+            raise GRPCError(Status.UNIMPLEMENTED, "events are not available")
+        return await self.ask(
+            self._events, lambda r: messages.Subscribe(flt, r), "events"
+        )
+
     async def get_policy(self) -> messages.Applied:
         """The policy and revision the data plane enforces now."""
         return await self.ask(self._datapath, lambda r: messages.GetPolicy(reply=r), "datapath")
@@ -398,6 +414,44 @@ class _PolicyService(pb.PolicyServiceBase):
             ],
             next_page_token=str(end) if end < total else "",
         )
+
+
+class _EventService(pb.EventServiceBase):
+    def __init__(self, api: Api) -> None:
+        self._api = api
+
+    async def subscribe(self, message: pb.SubscribeRequest) -> AsyncIterator[pb.EventBatch]:
+        names = {s.ifindex: s.name for s in await self._api.interfaces()}
+        by_name = {n: i for i, n in names.items()}
+        unknown = [n for n in message.interfaces if n not in by_name]
+        if unknown:
+            raise GRPCError(Status.INVALID_ARGUMENT, f"interfaces: no interface {unknown[0]!r}")
+        prefixes = []
+        for i, text in enumerate(message.prefixes):
+            try:
+                prefixes.append(ipaddress.ip_network(text, strict=False))
+            except ValueError:
+                raise GRPCError(
+                    Status.INVALID_ARGUMENT, f"prefixes[{i}]: invalid CIDR {text!r}"
+                ) from None
+        actions = set()
+        for a in message.actions:
+            if a == pb.Action.UNSPECIFIED:
+                raise GRPCError(Status.INVALID_ARGUMENT, "actions: UNSPECIFIED is not an action")
+            actions.add(Action.ALLOW if a == pb.Action.ALLOW else Action.DROP)
+        flt = EventFilter(
+            actions=frozenset(actions),
+            rule_ids=frozenset(message.rule_ids),
+            ifindexes=frozenset(by_name[n] for n in message.interfaces),
+            prefixes=tuple(prefixes),
+        )
+        batches = await self._api.subscribe(flt)
+        with batches:
+            async for batch in batches:
+                yield pb.EventBatch(
+                    events=[convert.event_to_proto(e, names.get(e.ifindex, "")) for e in batch.events],
+                    lost=batch.lost,
+                )
 
 
 class _InterfaceService(pb.InterfaceServiceBase):

@@ -275,3 +275,28 @@ def test_restart_restores_policy_and_adopts_links(lab: Lab) -> None:
     got = udp_count(lab.net, lab.b, "0.0.0.0", [9998, 9999],
                     [(lab.a, "198.18.1.1", 9999, 10), (lab.a, "198.18.1.1", 9998, 10)])
     assert got == {9998: 10, 9999: 0}
+
+
+def test_logged_drops_stream_to_subscribers(lab: Lab) -> None:
+    logged = {"rules": [{**DROP_A["rules"][0], "log": True}, DROP_A["rules"][1]]}  # type: ignore[dict-item]
+    lab.apply(logged)
+    argv = [sys.executable, "-m", "fwd", "events", "--socket", lab.agent.socket, "--count", "15",
+            "--duration", "20", "--rule", "drop-a-udp-9999", "-o", "json"]
+    sub = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           cwd=Path(__file__).resolve().parents[2])
+    try:
+        time.sleep(1.0)  # let the subscription start
+        udp_count(lab.net, lab.b, "0.0.0.0", [9998, 9999],
+                  [(lab.a, "198.18.1.1", 9999, 15), (lab.a, "198.18.1.1", 9998, 5)])
+        out, err = sub.communicate(timeout=30)
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.wait()
+    assert sub.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert len(events) == 15, out
+    for e in events:
+        assert e["rule_id"] == "drop-a-udp-9999" and e["dropped"] is True
+        assert (e["src"], e["dst"], e["dst_port"], e["protocol"]) == ("198.18.1.2", "198.18.1.1", 9999, 17)
+        assert e["interface"] == "veth-a"
