@@ -13,7 +13,11 @@
   reach the veth peer's ring, and its NAPI poll runs in softirq on this CPU
   when the test run re-enables bottom halves after each batch.
 * :func:`cpu_busy` reads /proc/stat: ticks a CPU spent in system, irq and
-  softirq context (user is left out: the injector is one syscall).
+  softirq context (user is left out: the injector is one syscall). Other
+  processes' kernel time on that CPU lands there too, so :class:`Injection`
+  also carries a cross-check that excludes them: the ticks charged to the
+  injecting thread and to ``ksoftirqd/<cpu>`` (softirq work the kernel deferred).
+  Both are tick-sampled (CONFIG_TICK_CPU_ACCOUNTING here: 4 ms at HZ=250).
 """
 
 from __future__ import annotations
@@ -122,6 +126,26 @@ def cpu_busy(cpu: int) -> int:
     raise RuntimeError(f"cpu{cpu} not in /proc/stat")
 
 
+def _task_ticks(stat_path: str) -> int:
+    """utime + stime ticks of one task (/proc/.../stat fields 14 and 15)."""
+    with open(stat_path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def ksoftirqd_stat(cpu: int) -> str:
+    """The /proc stat path of ``ksoftirqd/<cpu>``, which runs softirqs deferred on that CPU."""
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    if f.read().strip() == f"ksoftirqd/{cpu}":
+                        return f"/proc/{pid}/stat"
+            except OSError:
+                continue
+    raise RuntimeError(f"no ksoftirqd/{cpu}")
+
+
 @dataclass(frozen=True)
 class Injection:
     """What one bounded injection did."""
@@ -129,6 +153,7 @@ class Injection:
     packets: int        # frames the generator transmitted (repetitions asked for)
     wall_s: float       # wall time of the test-run syscall
     cpu_s: float        # system + irq + softirq seconds on the pinned CPU meanwhile
+    task_s: float       # CPU seconds charged to the injecting thread + ksoftirqd/<cpu>
 
 
 def inject(gen: Program, frame: bytes, ifindex: int, count: int, *, cpu: int, batch: int = 64) -> Injection:
@@ -147,11 +172,14 @@ def inject(gen: Program, frame: bytes, ifindex: int, count: int, *, cpu: int, ba
     opts.repeat = count
     opts.flags = BPF_F_TEST_XDP_LIVE_FRAMES
     opts.batch_size = min(batch, TEST_XDP_MAX_BATCH)
+    softirqd = ksoftirqd_stat(cpu)
     with pinned_to(cpu):
+        task0 = _task_ticks("/proc/thread-self/stat") + _task_ticks(softirqd)
         busy0, t0 = cpu_busy(cpu), time.perf_counter()
         libbpf.check(
             int(libbpf.bpf_prog_test_run_opts(gen.fd, ctypes.byref(opts))),
             f"bpf_prog_test_run_opts({gen.label}, live frames, ifindex {ifindex})",
         )
         t1, busy1 = time.perf_counter(), cpu_busy(cpu)
-    return Injection(count, t1 - t0, (busy1 - busy0) / CLK_TCK)
+        task1 = _task_ticks("/proc/thread-self/stat") + _task_ticks(softirqd)
+    return Injection(count, t1 - t0, (busy1 - busy0) / CLK_TCK, (task1 - task0) / CLK_TCK)

@@ -22,11 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repo root
 
 from bench.dataplane import kernel, report  # noqa: E402
 from bench.dataplane.cost import Log, measure  # noqa: E402
-from bench.dataplane.veth import ENGINES, Budget, VethResult, measure_engine  # noqa: E402
+from bench.dataplane.veth import ENGINES, Budget  # noqa: E402
+from bench.dataplane.veth import measure as measure_veth  # noqa: E402
 from tests.netns import Netns  # noqa: E402
 
 FULL_SIZES = (1, 100, 1_000, 10_000, 100_000)
-QUICK_SIZES = (1, 100, 1_000, 10_000)
+QUICK_SIZES = FULL_SIZES  # 100,000 rules install in a few seconds: keep them
 VETH_RULES = 10_000
 
 
@@ -34,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/dataplane/run.sh", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="~1 minute: fewer trials, shorter bursts, no 100,000-rule row")
+                   help="~1 minute: fewer repetitions and trials, shorter bursts")
     p.add_argument("--cpu", type=int, default=(os.cpu_count() or 1) - 1,
                    help="CPU the test runs and the veth traffic are pinned to (default: the last)")
     p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")],
@@ -66,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _interrupt)
     sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
     repeat = args.repeat or (100_000 if args.quick else 1_000_000)
-    trials = args.trials or (3 if args.quick else 5)
+    trials = args.trials or (3 if args.quick else 7)
     budget = Budget(
-        seconds=0.3 if args.quick else 1.5,
+        seconds=0.5 if args.quick else 2.0,
         max_packets=1_000_000 if args.quick else 5_000_000,
-        trials=args.trials or (2 if args.quick else 3),
+        trials=args.trials or (3 if args.quick else 5),
         cpu=args.cpu,
     )
     log = Log()
@@ -86,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                                trials=trials, cpu=args.cpu, log=log)
                 print(report.cost_table(rows))
             if not args.skip_veth:
-                results: list[VethResult] = []
-                for name in args.engines:
-                    results.append(measure_engine(name, VETH_RULES, ref, net, budget, log))
+                results = measure_veth(args.engines, VETH_RULES, ref, net, budget, log)
                 print(report.veth_table(results))
     except KeyboardInterrupt:
         print("\ninterrupted: cleaned up", file=sys.stderr)
