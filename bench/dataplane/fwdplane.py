@@ -29,7 +29,7 @@ from fwd.dataplane import Dataplane
 from fwd.policy.compiler import assign_slots, fresh_slots
 from fwd.policy.model import policy_from_dict
 from tests.e2e.agentproc import AgentProcess
-from tests.netns import Netns
+from tests.netns import BPFFS, Netns
 
 ROOT = Path(__file__).resolve().parents[2]
 OBJECT = ROOT / "bpf/build/fwd.bpf.o"
@@ -84,7 +84,11 @@ class Agent:
     def __init__(self, net: Netns, ns: str, dev: str) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="fwdb-agent-")
         build_object()
-        self.proc = AgentProcess(ns, Path(self._tmp.name), net.pin_dir(), "--include", dev)
+        # Pins under /sys/fs/bpf/<ns>-pins (ns is fwdb-<pid>-<n>); Netns.cleanup removes it.
+        pins = BPFFS / f"{ns}-pins"
+        net.pin_dirs.append(pins)
+        pins.mkdir()
+        self.proc = AgentProcess(ns, Path(self._tmp.name), pins, "--include", dev)
 
     def start(self) -> None:
         self.proc.start(timeout=30)
