@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
 import subprocess
 from collections.abc import Iterable, Sequence
@@ -165,7 +164,3 @@ class Nftables:
         if self.loaded:
             self.loaded = False
             self._nft("delete", "table", "netdev", self.table)
-
-
-def cpu_count() -> int:
-    return os.cpu_count() or 1
