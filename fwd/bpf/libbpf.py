@@ -352,6 +352,8 @@ bpf_map_lookup_batch = _declare(
     _u32p,
     POINTER(MapBatchOpts),
 )
+bpf_prog_get_fd_by_id = _declare("bpf_prog_get_fd_by_id", c_int, c_uint32)
+bpf_map_get_fd_by_id = _declare("bpf_map_get_fd_by_id", c_int, c_uint32)
 bpf_prog_test_run_opts = _declare(
     "bpf_prog_test_run_opts", c_int, c_int, POINTER(TestRunOpts)
 )
