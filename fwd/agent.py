@@ -13,6 +13,7 @@ returns on its own brings the group down and the agent exits 1.
 
 from __future__ import annotations
 
+import functools
 import math
 import signal
 from collections.abc import Awaitable, Callable
@@ -22,12 +23,14 @@ from typing import Any
 import anyio
 import structlog
 from anyio.abc import TaskStatus
+from prometheus_client import CollectorRegistry
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from fwd import log as fwdlog
 from fwd.actors.datapath import Datapath
 from fwd.actors.discovery import Discovery
 from fwd.actors.links import Links
+from fwd.api.metrics import GrpcMetrics
 from fwd.api.server import Api
 from fwd.bpf.objects import BpfObject
 from fwd.bpf.objpath import default_object_path
@@ -35,6 +38,9 @@ from fwd.bpf.sync import RcuBarrier
 from fwd.dataplane import Dataplane
 from fwd.errors import FwdError
 from fwd.messages import DatapathCommand, LinkEvent, ListInterfaces, Settings
+from fwd.metrics.collector import Snapshot
+from fwd.metrics.kernel import IF_STATS_MAP, read_if_stats
+from fwd.metrics.server import MetricsServer
 from fwd.store import SqliteStore
 
 log = structlog.get_logger("fwd.agent")
@@ -106,7 +112,15 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
             ev_tx, ev_rx = anyio.create_memory_object_stream[LinkEvent](math.inf)
             lk_tx, lk_rx = anyio.create_memory_object_stream[LinkEvent](math.inf)
             dl_tx, dl_rx = anyio.create_memory_object_stream[LinkEvent](math.inf)
-            api = Api(datapath=dp_cmd_tx, links=ifreq_tx, settings=settings)
+            # A registry of our own: the process-wide default one would add
+            # Python's GC and process metrics under names we do not own.
+            registry = CollectorRegistry()
+            api = Api(
+                datapath=dp_cmd_tx,
+                links=ifreq_tx,
+                settings=settings,
+                metrics=GrpcMetrics(registry) if settings.metrics_addr else None,
+            )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_signals, tg.cancel_scope)
                 await tg.start(_actor, "datapath", datapath.run, dp_cmd_rx, dl_rx)
@@ -114,9 +128,25 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
                 tg.start_soon(_tee, ev_rx, lk_tx, dl_tx)
                 await tg.start(_actor, "discovery", discovery.run, ev_tx)
                 await tg.start(_actor, "api", api.run)
+                if settings.metrics_addr:
+                    if_map = maps.get(IF_STATS_MAP)  # absent from objects built before it
+                    metrics = MetricsServer(
+                        settings.metrics_addr,
+                        registry,
+                        snapshot=lambda: Snapshot(
+                            datapath.statistics(),
+                            links.interfaces(),
+                            links.statistics(),
+                            discovery.statistics(),
+                        ),
+                        counters=dataplane,
+                        if_stats=functools.partial(read_if_stats, if_map, ncpus) if if_map else None,
+                    )
+                    await tg.start(_actor, "metrics", metrics.run)
                 log.info(
                     "agent_ready",
                     socket=settings.socket_path,
+                    metrics=settings.metrics_addr,
                     prog_id=prog.id,
                     revision=datapath.statistics().revision,
                 )

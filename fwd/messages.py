@@ -149,6 +149,26 @@ DatapathCommand = ApplyPolicy | GetPolicy | GetStats
 
 
 @dataclass(frozen=True)
+class RuleSlot:
+    """One rule of the enforced policy and the counter slot its packets are counted in."""
+
+    rule_id: str
+    action: str
+    slot: int
+
+
+@dataclass(frozen=True)
+class RuleTable:
+    """The enforced policy as the metrics collector needs it: replaced whole on each
+    install, so a reader on another thread sees one revision's table or the next."""
+
+    revision: int = 0
+    default_action: str = "allow"
+    dry_run: bool = False
+    rules: tuple[RuleSlot, ...] = ()
+
+
+@dataclass(frozen=True)
 class Settings:
     """Agent settings fixed at start (passed to actors, never mutated)."""
 
@@ -161,3 +181,5 @@ class Settings:
     # On a clean exit, keep XDP attached (pinned links keep enforcing the last
     # policy, and the next agent adopts them) or detach everything.
     detach_on_exit: bool = False
+    # Serve Prometheus metrics on HOST:PORT; "" disables the endpoint.
+    metrics_addr: str = "127.0.0.1:9469"

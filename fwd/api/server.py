@@ -41,6 +41,8 @@ from fwd.messages import DatapathCommand, ListInterfaces, Reply, Settings
 if TYPE_CHECKING:
     from grpclib._typing import IServable
 
+    from fwd.api.metrics import GrpcMetrics
+
 log = structlog.get_logger("fwd.api")
 
 T = TypeVar("T")
@@ -90,7 +92,9 @@ class Api:
         datapath: MemoryObjectSendStream[DatapathCommand],
         links: MemoryObjectSendStream[ListInterfaces],
         settings: Settings,
+        metrics: GrpcMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._datapath = datapath
         self._links = links
         self._settings = settings
@@ -115,6 +119,8 @@ class Api:
         )
         server = Server(handlers)
         listen(server, RecvRequest, self._on_request)
+        if self._metrics is not None:
+            self._metrics.instrument(server)
         path = Path(self._settings.socket_path)
         sock = _listen_unix(path)
         try:
