@@ -140,7 +140,9 @@ def rule_families(table: RuleTable, counters: Mapping[int, SlotCounters]) -> lis
         "fwd_rule_packets", "Packets decided by a rule (would-drops included).", labels=labels
     )
     rb = CounterMetricFamily(
-        "fwd_rule_bytes", "Bytes of packets decided by a rule.", labels=labels
+        "fwd_rule_bytes",
+        "Bytes of packets decided by a rule (frame length, Ethernet header included).",
+        labels=labels,
     )
     rwp = CounterMetricFamily(
         "fwd_rule_would_drop_packets",
@@ -157,8 +159,9 @@ def rule_families(table: RuleTable, counters: Mapping[int, SlotCounters]) -> lis
         key = [rule.rule_id, rule.action]
         rp.add_metric(key, c.packets)
         rb.add_metric(key, c.bytes)
-        rwp.add_metric(key, c.would_drop_packets)
-        rwb.add_metric(key, c.would_drop_bytes)
+        if rule.action == "drop":  # an allow rule never would-drop: no always-0 series
+            rwp.add_metric(key, c.would_drop_packets)
+            rwb.add_metric(key, c.would_drop_bytes)
     ulabels = ("reason", "action")
     up = CounterMetricFamily(
         "fwd_unmatched_packets",

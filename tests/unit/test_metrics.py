@@ -138,7 +138,8 @@ def test_rule_counters_by_rule_id_and_action(collected: tuple[str, Samples, Fake
     assert value(s, "fwd_rule_bytes_total", rule_id="drop-bad", action="drop") == 400
     assert value(s, "fwd_rule_would_drop_packets_total", rule_id="drop-bad", action="drop") == 4
     assert value(s, "fwd_rule_would_drop_bytes_total", rule_id="drop-bad", action="drop") == 400
-    assert value(s, "fwd_rule_would_drop_packets_total", rule_id="mgmt-ssh", action="allow") == 0
+    # An allow rule never would-drop: no always-zero series for it.
+    assert [d["rule_id"] for d in names(s, "fwd_rule_would_drop_packets_total")] == ["drop-bad"]
     # Only rules of the policy carry a rule_id: no "(default)" pseudo rule.
     assert {d["rule_id"] for d in names(s, "fwd_rule_packets_total")} == {"mgmt-ssh", "drop-bad"}
     # One batch read per scrape, of the reserved slots and each rule's slot.
