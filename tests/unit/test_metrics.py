@@ -374,3 +374,14 @@ async def test_grpc_durations_by_method_and_code(tmp_path: Path) -> None:
     assert value(s, f"{name}_count", method=method, code="NOT_FOUND") == 1
     assert value(s, f"{name}_sum", method=method, code="OK") > 0
     assert value(s, f"{name}_bucket", method=method, code="OK", le="+Inf") == 2
+
+
+def test_cli_metrics_option(capsys: pytest.CaptureFixture[str]) -> None:
+    from fwd.cli import build_parser, main
+
+    parser = build_parser()
+    assert parser.parse_args(["agent"]).metrics == "127.0.0.1:9469"
+    assert parser.parse_args(["agent", "--metrics", ""]).metrics == ""  # disabled
+    assert parser.parse_args(["agent", "--metrics", "[::1]:9100"]).metrics == "[::1]:9100"
+    assert main(["agent", "--metrics", "9100"]) == 2
+    assert "expected HOST:PORT" in capsys.readouterr().err
