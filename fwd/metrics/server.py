@@ -1,12 +1,22 @@
-"""The metrics endpoint: prometheus_client's HTTP server in its own thread.
+"""The metrics endpoint: prometheus_client's WSGI app on an HTTP server thread.
 
-Why a thread and not an asyncio handler on the event loop: a scrape sums
-per-CPU counters of every rule in Python, ~0.1 s at 100,000 rules. On the loop
-that would stall every actor for as long; in a thread the loop keeps running
-(the GIL is handed over every few ms and the bpf(2) syscalls release it).
+Why a thread and not an asyncio handler on the event loop: a scrape costs
+~15 ms at 1,000 rules, ~0.3 s at 10,000 and seconds at 100,000 (Python
+building and rendering three or four series per rule). On the loop that would
+stall every actor for as long; in a thread the loop keeps running (the GIL is
+handed over every 5 ms and the bpf(2) syscalls release it).
 
-What the scrape thread touches is chosen so that is safe: BPF maps (syscalls
-on fds the agent keeps open until this actor has stopped) and actor
+One thing would still stall the loop from the thread: the cyclic GC, which
+the scrape's many new objects trigger and which walks every object of the
+process with the GIL held. So a scrape runs with the GC paused: what it builds
+is freed by reference counting when it ends, so nothing is left for a later
+collection. Measured (worst loop lag during scrapes, GC on -> paused):
+10,000 rules, ~0.17 s per scrape: 45 ms -> 17 ms; 100,000 rules, ~1.6 s per
+scrape: 756 ms -> 86 ms. Scrapes are serialised (one at a time) so the pause
+is bounded and two scrapers cannot double the cost.
+
+What the scrape thread touches is chosen so that it is safe: BPF maps
+(syscalls on fds the agent keeps open until this actor has stopped) and actor
 statistics, which it never reads itself: :class:`MetricsServer` asks the event
 loop for them through a blocking portal, so actor state is only ever read on
 the loop, between two of its awaits.
@@ -14,19 +24,68 @@ the loop, between two of its awaits.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import gc
+import socket
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import anyio
 import structlog
 from anyio.abc import TaskStatus
 from anyio.from_thread import BlockingPortal
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from fwd.metrics.addr import parse_addr
 from fwd.metrics.collector import AgentCollector, CounterReader, Snapshot
 from fwd.metrics.kernel import IfCounters
 
 log = structlog.get_logger("fwd.metrics")
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log line per scrape on stderr (it would not be JSON either)."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        pass
+
+
+def serialised_without_gc(app: WsgiApp) -> WsgiApp:
+    """``app`` run one request at a time, with the cyclic GC paused during each."""
+    lock = threading.Lock()
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        with lock:
+            enabled = gc.isenabled()
+            gc.disable()
+            try:
+                # make_wsgi_app renders the whole body inside the call.
+                return list(app(environ, start_response))
+            finally:
+                if enabled:
+                    gc.enable()
+
+    return wrapped
+
+
+def serve_wsgi(host: str, port: int, app: WsgiApp) -> tuple[ThreadingWSGIServer, threading.Thread]:
+    """Bind ``host:port`` (IPv4 or IPv6) and serve ``app`` from a daemon thread."""
+    family, _, _, _, sockaddr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
+    httpd = make_server(str(sockaddr[0]), port, app, Server, handler_class=_QuietHandler)
+    thread = threading.Thread(target=httpd.serve_forever, name="fwd-metrics", daemon=True)
+    thread.start()
+    return httpd, thread
+
 
 class MetricsServer:
     """Serves ``registry`` plus an :class:`AgentCollector` on ``addr`` until cancelled.
@@ -59,7 +118,8 @@ class MetricsServer:
             )
             self._registry.register(collector)  # no describe(): nothing is read here
             try:
-                httpd, thread = start_http_server(self.port, self.host, self._registry)
+                app = serialised_without_gc(make_wsgi_app(self._registry))
+                httpd, thread = serve_wsgi(self.host, self.port, app)
             except BaseException:
                 self._registry.unregister(collector)
                 raise

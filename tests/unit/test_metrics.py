@@ -385,3 +385,25 @@ def test_cli_metrics_option(capsys: pytest.CaptureFixture[str]) -> None:
     assert parser.parse_args(["agent", "--metrics", "[::1]:9100"]).metrics == "[::1]:9100"
     assert main(["agent", "--metrics", "9100"]) == 2
     assert "expected HOST:PORT" in capsys.readouterr().err
+
+
+def test_scrapes_run_one_at_a_time_with_the_gc_paused() -> None:
+    import gc
+
+    from fwd.metrics.server import serialised_without_gc
+
+    seen: list[bool] = []
+
+    def app(environ: dict[str, object], start_response: object) -> list[bytes]:
+        seen.append(gc.isenabled())
+        if environ.get("fail"):
+            raise RuntimeError("boom")
+        return [b"ok"]
+
+    wrapped = serialised_without_gc(app)
+    assert gc.isenabled()
+    assert list(wrapped({}, print)) == [b"ok"]
+    with pytest.raises(RuntimeError):
+        wrapped({"fail": True}, print)
+    assert seen == [False, False]
+    assert gc.isenabled()  # restored, even after a failure
