@@ -38,6 +38,7 @@ from anyio.from_thread import BlockingPortal
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from fwd.errors import FwdError
 from fwd.metrics.addr import parse_addr
 from fwd.metrics.collector import AgentCollector, CounterReader, Snapshot
 from fwd.metrics.kernel import IfCounters
@@ -45,6 +46,10 @@ from fwd.metrics.kernel import IfCounters
 log = structlog.get_logger("fwd.metrics")
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class MetricsAddressError(FwdError):
+    """The metrics address cannot be listened on (in use, not local, unresolvable)."""
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -120,6 +125,11 @@ class MetricsServer:
             try:
                 app = serialised_without_gc(make_wsgi_app(self._registry))
                 httpd, thread = serve_wsgi(self.host, self.port, app)
+            except OSError as exc:  # socket.gaierror included
+                self._registry.unregister(collector)
+                raise MetricsAddressError(
+                    f"metrics: cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
+                ) from exc
             except BaseException:
                 self._registry.unregister(collector)
                 raise

@@ -407,3 +407,22 @@ def test_scrapes_run_one_at_a_time_with_the_gc_paused() -> None:
         wrapped({"fail": True}, print)
     assert seen == [False, False]
     assert gc.isenabled()  # restored, even after a failure
+
+
+@pytest.mark.asyncio
+async def test_address_in_use_is_a_clear_error() -> None:
+    import socket
+
+    from fwd.metrics.server import MetricsAddressError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        registry = CollectorRegistry()
+        server = MetricsServer(
+            f"127.0.0.1:{port}", registry, snapshot=snapshot, counters=FakeCounters(COUNTERS)
+        )
+        with pytest.raises(MetricsAddressError, match=f"cannot listen on 127.0.0.1:{port}"):
+            await server.run()
+    assert list(registry.collect()) == []  # the collector was unregistered
