@@ -77,8 +77,8 @@ def serialised_without_gc(app: WsgiApp) -> WsgiApp:
     return wrapped
 
 
-def serve_wsgi(host: str, port: int, app: WsgiApp) -> tuple[ThreadingWSGIServer, threading.Thread]:
-    """Bind ``host:port`` (IPv4 or IPv6) and serve ``app`` from a daemon thread."""
+def bind_wsgi(host: str, port: int) -> ThreadingWSGIServer:
+    """A WSGI server bound to ``host:port`` (IPv4 or IPv6); give it an app, then serve."""
     family, _, _, _, sockaddr = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
@@ -86,10 +86,7 @@ def serve_wsgi(host: str, port: int, app: WsgiApp) -> tuple[ThreadingWSGIServer,
     class Server(ThreadingWSGIServer):
         address_family = family
 
-    httpd = make_server(str(sockaddr[0]), port, app, Server, handler_class=_QuietHandler)
-    thread = threading.Thread(target=httpd.serve_forever, name="fwd-metrics", daemon=True)
-    thread.start()
-    return httpd, thread
+    return Server((str(sockaddr[0]), port), _QuietHandler)
 
 
 class MetricsServer:
@@ -117,34 +114,36 @@ class MetricsServer:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen, report started, serve until cancelled, then stop the thread."""
-        async with BlockingPortal() as portal:
-            collector = AgentCollector(
-                lambda: portal.call(self._snapshot), self._counters, self._if_stats
-            )
-            self._registry.register(collector)  # no describe(): nothing is read here
-            try:
-                app = serialised_without_gc(make_wsgi_app(self._registry))
-                httpd, thread = serve_wsgi(self.host, self.port, app)
-            except OSError as exc:  # socket.gaierror included
-                self._registry.unregister(collector)
-                raise MetricsAddressError(
-                    f"metrics: cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
-                ) from exc
-            except BaseException:
-                self._registry.unregister(collector)
-                raise
-            self.bound = (self.host, int(httpd.server_port))
-            log.info("metrics_listening", host=self.host, port=self.bound[1])
-            try:
-                task_status.started()
-                await anyio.sleep_forever()
-            finally:
-                with anyio.CancelScope(shield=True):
-                    # Off the loop: shutdown() waits for the serve loop to notice,
-                    # and a scrape in progress may still need the portal.
-                    await anyio.to_thread.run_sync(httpd.shutdown)
-                    httpd.server_close()
-                    await anyio.to_thread.run_sync(collector.close)
-                    await anyio.to_thread.run_sync(thread.join, 5.0)
-                    self._registry.unregister(collector)
-                    log.info("metrics_stopped", host=self.host, port=self.bound[1])
+        try:
+            httpd = bind_wsgi(self.host, self.port)
+        except OSError as exc:  # socket.gaierror included
+            raise MetricsAddressError(
+                f"metrics: cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from exc
+        self.bound = (self.host, int(httpd.server_port))
+        try:
+            async with BlockingPortal() as portal:
+                collector = AgentCollector(
+                    lambda: portal.call(self._snapshot), self._counters, self._if_stats
+                )
+                self._registry.register(collector)  # no describe(): nothing is read here
+                httpd.set_app(serialised_without_gc(make_wsgi_app(self._registry)))
+                thread = threading.Thread(
+                    target=httpd.serve_forever, name="fwd-metrics", daemon=True
+                )
+                thread.start()
+                log.info("metrics_listening", host=self.host, port=self.bound[1])
+                try:
+                    task_status.started()
+                    await anyio.sleep_forever()
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        # Off the loop: shutdown() waits for the serve loop to notice,
+                        # and a scrape in progress may still need the portal.
+                        await anyio.to_thread.run_sync(httpd.shutdown)
+                        await anyio.to_thread.run_sync(collector.close)
+                        await anyio.to_thread.run_sync(thread.join, 5.0)
+                        self._registry.unregister(collector)
+                        log.info("metrics_stopped", host=self.host, port=self.bound[1])
+        finally:
+            httpd.server_close()

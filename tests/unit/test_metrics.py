@@ -425,4 +425,4 @@ async def test_address_in_use_is_a_clear_error() -> None:
         )
         with pytest.raises(MetricsAddressError, match=f"cannot listen on 127.0.0.1:{port}"):
             await server.run()
-    assert list(registry.collect()) == []  # the collector was unregistered
+    assert list(registry.collect()) == []  # nothing registered
