@@ -23,8 +23,8 @@ from typing import Any
 import anyio
 import structlog
 from anyio.abc import TaskStatus
-from prometheus_client import CollectorRegistry
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from prometheus_client import CollectorRegistry
 
 from fwd import log as fwdlog
 from fwd.actors.datapath import Datapath
@@ -130,6 +130,7 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
                 await tg.start(_actor, "api", api.run)
                 if settings.metrics_addr:
                     if_map = maps.get(IF_STATS_MAP)  # absent from objects built before it
+                    if_stats = functools.partial(read_if_stats, if_map, ncpus) if if_map else None
                     metrics = MetricsServer(
                         settings.metrics_addr,
                         registry,
@@ -140,7 +141,7 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
                             discovery.statistics(),
                         ),
                         counters=dataplane,
-                        if_stats=functools.partial(read_if_stats, if_map, ncpus) if if_map else None,
+                        if_stats=if_stats,
                     )
                     await tg.start(_actor, "metrics", metrics.run)
                 log.info(

@@ -37,6 +37,7 @@ from fwd.metrics.server import MetricsServer
 from fwd.policy.model import policy_from_dict
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+Collected = tuple[str, Samples, "FakeCounters"]
 
 BUILD = BuildInfo("1.2.3", "3.11.2", "6.18.0")
 TABLE = RuleTable(
@@ -119,7 +120,7 @@ def names(samples: Samples, name: str) -> list[dict[str, str]]:
 
 
 @pytest.fixture
-def collected() -> tuple[str, Samples, FakeCounters]:
+def collected() -> Collected:
     counters = FakeCounters(COUNTERS)
     events = FakeEventsStatistics(delivered=100, suppressed=20, lost=3)
     registry = CollectorRegistry()
@@ -130,7 +131,7 @@ def collected() -> tuple[str, Samples, FakeCounters]:
     return text, samples, counters
 
 
-def test_rule_counters_by_rule_id_and_action(collected: tuple[str, Samples, FakeCounters]) -> None:
+def test_rule_counters_by_rule_id_and_action(collected: Collected) -> None:
     _, s, counters = collected
     assert value(s, "fwd_rule_packets_total", rule_id="mgmt-ssh", action="allow") == 10
     assert value(s, "fwd_rule_bytes_total", rule_id="mgmt-ssh", action="allow") == 1000
@@ -146,7 +147,7 @@ def test_rule_counters_by_rule_id_and_action(collected: tuple[str, Samples, Fake
     assert counters.asked == [[0, 1, 2, 16, 17]]
 
 
-def test_reserved_slots_are_unmatched_by_reason(collected: tuple[str, Samples, FakeCounters]) -> None:
+def test_reserved_slots_are_unmatched_by_reason(collected: Collected) -> None:
     _, s, _ = collected
     assert value(s, "fwd_unmatched_packets_total", reason="no_rule", action="drop") == 5
     assert value(s, "fwd_unmatched_bytes_total", reason="no_rule", action="drop") == 500
@@ -157,7 +158,7 @@ def test_reserved_slots_are_unmatched_by_reason(collected: tuple[str, Samples, F
     assert value(s, "fwd_unmatched_bytes_total", reason="non_ip", action="allow") == 180
 
 
-def test_interfaces_verdicts_and_attach_mode(collected: tuple[str, Samples, FakeCounters]) -> None:
+def test_interfaces_verdicts_and_attach_mode(collected: Collected) -> None:
     _, s, _ = collected
     for verdict, packets, nbytes in [("pass", 11, 1100), ("drop", 6, 600), ("would_drop", 4, 400)]:
         assert value(s, "fwd_interface_packets_total", interface="eth0", verdict=verdict) == packets
@@ -171,7 +172,7 @@ def test_interfaces_verdicts_and_attach_mode(collected: tuple[str, Samples, Fake
     assert value(s, "fwd_interfaces", state="failed") == 1
 
 
-def test_policy_events_actors_and_build_info(collected: tuple[str, Samples, FakeCounters]) -> None:
+def test_policy_events_actors_and_build_info(collected: Collected) -> None:
     _, s, _ = collected
     assert value(s, "fwd_policy_revision") == 7
     assert value(s, "fwd_policy_dry_run") == 1
@@ -201,7 +202,7 @@ def test_without_kernel_interface_stats_or_events_those_series_are_absent() -> N
     assert value(s, "fwd_interface_attached", interface="eth0", mode="native") == 1
 
 
-def test_help_and_types_follow_conventions(collected: tuple[str, Samples, FakeCounters]) -> None:
+def test_help_and_types_follow_conventions(collected: Collected) -> None:
     text, _, _ = collected
     families = {f.name: f for f in text_string_to_metric_families(text)}
     for name, family in families.items():
@@ -212,7 +213,7 @@ def test_help_and_types_follow_conventions(collected: tuple[str, Samples, FakeCo
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (prometheus)")
-def test_promtool_accepts_the_exposition(collected: tuple[str, Samples, FakeCounters]) -> None:
+def test_promtool_accepts_the_exposition(collected: Collected) -> None:
     text, _, _ = collected
     registry = CollectorRegistry()
     GrpcMetrics(registry).duration.labels("/fwd.v1.PolicyService/GetPolicy", "OK").observe(0.001)
@@ -309,7 +310,9 @@ def test_parse_addr(addr: str, expected: tuple[str, int]) -> None:
     assert parse_addr(addr) == expected
 
 
-@pytest.mark.parametrize("addr", ["9469", ":9469", "host:", "host:http", "::1:9469", "[x]:1", "a:70000"])
+@pytest.mark.parametrize(
+    "addr", ["9469", ":9469", "host:", "host:http", "::1:9469", "[x]:1", "a:70000"]
+)
 def test_parse_addr_rejects(addr: str) -> None:
     with pytest.raises(ValueError, match="metrics address"):
         parse_addr(addr)
