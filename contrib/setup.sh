@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 PKGS=(clang llvm libbpf-dev libbpf1 bpftool xdp-tools iproute2 nftables iputils-ping
-      python3-venv python3-dev gcc make linux-libc-dev)
+      python3-venv python3-dev gcc make linux-libc-dev openssl prometheus)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

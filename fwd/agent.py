@@ -13,6 +13,7 @@ returns on its own brings the group down and the agent exits 1.
 
 from __future__ import annotations
 
+import functools
 import math
 import signal
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,7 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from prometheus_client import CollectorRegistry
 
 from fwd import log as fwdlog
 from fwd import systemd
@@ -31,6 +33,7 @@ from fwd.actors.datapath import Datapath
 from fwd.actors.discovery import Discovery
 from fwd.actors.events import Events
 from fwd.actors.links import Links
+from fwd.api.metrics import GrpcMetrics
 from fwd.api.server import Api
 from fwd.bpf.objects import BpfObject
 from fwd.bpf.objpath import default_object_path
@@ -47,6 +50,9 @@ from fwd.messages import (
     Settings,
     SlotNames,
 )
+from fwd.metrics.collector import Snapshot
+from fwd.metrics.kernel import IF_STATS_MAP, read_if_stats
+from fwd.metrics.server import MetricsServer
 from fwd.store import SqliteStore
 
 log = structlog.get_logger("fwd.agent")
@@ -126,12 +132,16 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
             # Events: ev_cmd_tx is for the Api (Subscribe), names_tx for the Datapath (SlotNames).
             events = Events(ring, lambda: kernel_event_stats(maps["fwd_event_stats"]))
             ev_cmd_tx, ev_cmd_rx = anyio.create_memory_object_stream[EventsCommand](64)
+            # A registry of our own: the process-wide default one would add
+            # Python's GC and process metrics under names we do not own.
+            registry = CollectorRegistry()
             api = Api(
                 datapath=dp_cmd_tx,
                 links=ifreq_tx,
                 settings=settings,
                 confirmer=confirm_tx,
                 events=ev_cmd_tx,
+                metrics=GrpcMetrics(registry) if settings.metrics_addr else None,
             )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_signals, tg.cancel_scope)
@@ -143,9 +153,30 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
                 # After the Datapath: a rollback due while the agent was down goes out at once.
                 await tg.start(_actor, "confirmer", confirmer.run, confirm_rx, dp_cmd_tx.clone())
                 await tg.start(_actor, "api", api.run)
+                if settings.metrics_addr:
+                    if_map = maps.get(IF_STATS_MAP)  # absent from objects built before it
+                    if_stats = functools.partial(read_if_stats, if_map, ncpus) if if_map else None
+                    metrics = MetricsServer(
+                        settings.metrics_addr,
+                        registry,
+                        snapshot=lambda: Snapshot(
+                            datapath.statistics(),
+                            links.interfaces(),
+                            links.statistics(),
+                            discovery.statistics(),
+                            events.statistics(),
+                        ),
+                        counters=dataplane,
+                        if_stats=if_stats,
+                    )
+                    await tg.start(_actor, "metrics", metrics.run)
                 revision = datapath.statistics().revision
                 log.info(
-                    "agent_ready", socket=settings.socket_path, prog_id=prog.id, revision=revision
+                    "agent_ready",
+                    socket=settings.socket_path,
+                    metrics=settings.metrics_addr,
+                    prog_id=prog.id,
+                    revision=revision,
                 )
                 systemd.notify(f"READY=1\nSTATUS=enforcing revision {revision}")
                 tg.start_soon(systemd.watchdog)

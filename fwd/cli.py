@@ -35,7 +35,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 COMMANDS_EPILOG = """\
 commands:
   fwd agent [--socket PATH] [--state-dir DIR] [--bpffs DIR] [--include GLOB]...
-            [--exclude GLOB]... [--detach-on-exit] [--log-level LEVEL]
+            [--exclude GLOB]... [--detach-on-exit] [--metrics ADDR] [--log-level LEVEL]
   fwd policy get [-o yaml|json]
   fwd policy apply FILE [--expect-revision N] [--force] [--confirm-within DURATION]
   fwd policy confirm [REV]
@@ -295,6 +295,7 @@ def _agent(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
+        metrics_addr=args.metrics,
     )
     return agent.run(settings, log_level=args.log_level)
 
@@ -314,6 +315,17 @@ def _revision(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
     return value
+
+
+def _metrics_addr(text: str) -> str:
+    from fwd.metrics.addr import parse_addr
+
+    if text:
+        try:
+            parse_addr(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _client_options() -> argparse.ArgumentParser:
@@ -426,6 +438,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="on SIGTERM/SIGINT detach XDP and remove the pins; by default enforcement "
         "stays in place (pinned) and the next agent adopts it without a gap",
+    )
+    agent.add_argument(
+        "--metrics",
+        type=_metrics_addr,
+        default=defaults.metrics_addr,
+        metavar="ADDR",
+        help="serve Prometheus metrics at http://ADDR/metrics; HOST:PORT, [IPV6]:PORT, "
+        "or '' to disable (default: %(default)s)",
     )
     agent.add_argument(
         "--log-level",

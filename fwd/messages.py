@@ -219,6 +219,26 @@ ConfirmCommand = ArmConfirm | ConfirmRevision | Superseded
 
 
 @dataclass(frozen=True)
+class RuleSlot:
+    """One rule of the enforced policy and the counter slot its packets are counted in."""
+
+    rule_id: str
+    action: str
+    slot: int
+
+
+@dataclass(frozen=True)
+class RuleTable:
+    """The enforced policy as the metrics collector needs it: replaced whole on each
+    install, so a reader on another thread sees one revision's table or the next."""
+
+    revision: int = 0
+    default_action: str = "allow"
+    dry_run: bool = False
+    rules: tuple[RuleSlot, ...] = ()
+
+
+@dataclass(frozen=True)
 class Settings:
     """Agent settings fixed at start (passed to actors, never mutated)."""
 
@@ -242,6 +262,8 @@ class Settings:
     mgmt_services: tuple[str, ...] = ("tcp/22",)
     # Largest request message the API reads (a 100,000-rule policy is ~6 MB).
     max_request_bytes: int = 64 * 1024 * 1024
+    # Serve Prometheus metrics on HOST:PORT; "" disables the endpoint.
+    metrics_addr: str = "127.0.0.1:9469"
 
 
 # --- Events (issue 4) -----------------------------------------------------------

@@ -32,8 +32,10 @@ from fwd.messages import (
     LinkChange,
     LinkEvent,
     Reply,
+    RuleSlot,
     RuleStats,
     SlotNames,
+    RuleTable,
 )
 from fwd.policy.compiler import assign_slots, fresh_slots
 from fwd.policy.model import EMPTY_POLICY, Action, Policy
@@ -56,6 +58,8 @@ class DatapathStatistics:
     revision: int = 0
     entries: int = 0
     tuples: int = 0
+    # Rule id -> counter slot of the enforced policy, for the metrics collector.
+    table: RuleTable = field(default_factory=RuleTable)
 
 
 @dataclass
@@ -64,6 +68,16 @@ class _State:
     policy: Policy = EMPTY_POLICY
     slots: dict[str, int] = field(default_factory=dict)
     ifindexes: dict[str, int] = field(default_factory=dict)
+
+
+def rule_table(policy: Policy, revision: int, slots: dict[str, int]) -> RuleTable:
+    """The slot of every rule of ``policy`` (built once per install, read at scrape time)."""
+    return RuleTable(
+        revision=revision,
+        default_action=policy.default_action.value,
+        dry_run=policy.dry_run,
+        rules=tuple(RuleSlot(r.id, r.action.value, slots[r.id]) for r in policy.rules),
+    )
 
 
 class Datapath:
@@ -225,6 +239,7 @@ class Datapath:
         self._stats.revision = revision
         self._stats.entries = compiled.count
         self._stats.tuples = len(compiled.tuples)
+        self._stats.table = rule_table(policy, revision, slots)
 
     def _read_stats(self) -> tuple[RuleStats, ...]:
         policy = self._state.policy

@@ -248,7 +248,7 @@ class Links:
         if managed and entry.link is None:
             self._attach(entry)
         elif not managed and entry.link is not None:
-            log.info("link_unmanaged", ifname=info.name, ifindex=info.ifindex)
+            log.info("link_unmanaged", iface=info.name, ifindex=info.ifindex)
             self._detach(entry)
         elif not managed:
             entry.state, entry.error = LinkState.EXCLUDED, ""
@@ -278,7 +278,7 @@ class Links:
                 self._attach_failures += 1
                 entry.state, entry.mode, entry.error = LinkState.FAILED, AttachMode.NONE, str(exc)
                 log.error(
-                    "xdp_attach_failed", ifname=entry.info.name, ifindex=ifindex, error=str(exc)
+                    "xdp_attach_failed", iface=entry.info.name, ifindex=ifindex, error=str(exc)
                 )
                 return
         self._attaches += 1
@@ -288,7 +288,9 @@ class Links:
             entry.link_id, entry.prog_id = link.id, link.prog_id
         except Exception as exc:  # the ids are for reporting only
             entry.link_id = entry.prog_id = 0
-            log.warning("xdp_link_info_failed", ifindex=ifindex, error=str(exc))
+            log.warning(
+                "xdp_link_info_failed", iface=entry.info.name, ifindex=ifindex, error=str(exc)
+            )
         if adopted:
             entry.pinned = True
         elif path is not None:
@@ -299,9 +301,15 @@ class Links:
             except Exception as exc:
                 # Enforcement is in place; only survival across restarts is lost.
                 entry.error = f"pin {path}: {exc}"
-                log.error("xdp_link_pin_failed", ifname=entry.info.name, path=str(path), error=str(exc))
+                log.error(
+                    "xdp_link_pin_failed",
+                    iface=entry.info.name,
+                    ifindex=ifindex,
+                    path=str(path),
+                    error=str(exc),
+                )
         log.info(
-            "xdp_adopted" if adopted else "xdp_attached", ifname=entry.info.name,
+            "xdp_adopted" if adopted else "xdp_attached", iface=entry.info.name,
             ifindex=ifindex, mode=mode.value, prog_id=entry.prog_id, link_id=entry.link_id,
         )
 
@@ -315,7 +323,12 @@ class Links:
         try:
             self.attacher.detach(link)
         except Exception as exc:
-            log.error("xdp_detach_failed", ifindex=entry.info.ifindex, error=str(exc))
+            log.error(
+                "xdp_detach_failed",
+                iface=entry.info.name,
+                ifindex=entry.info.ifindex,
+                error=str(exc),
+            )
         self._release(link, entry.pinned)
         entry.pinned = False
 
@@ -323,7 +336,7 @@ class Links:
         """The device is gone: the kernel detached already; drop the pin and the fd."""
         entry = self._entries.pop(ifindex, None)
         if entry is not None and entry.link is not None:
-            log.info("xdp_link_gone", ifname=entry.info.name, ifindex=ifindex)
+            log.info("xdp_link_gone", iface=entry.info.name, ifindex=ifindex)
             self._release(entry.link, entry.pinned)
 
     @staticmethod

@@ -55,6 +55,8 @@ from fwd.policy.lockout import LockoutError, Service, check_lockout, parse_prefi
 if TYPE_CHECKING:
     from grpclib._typing import IServable
 
+    from fwd.api.metrics import GrpcMetrics
+
 log = structlog.get_logger("fwd.api")
 
 T = TypeVar("T")
@@ -111,8 +113,10 @@ class Api:
         settings: Settings,
         confirmer: MemoryObjectSendStream[messages.ConfirmCommand] | None = None,
         events: MemoryObjectSendStream[messages.EventsCommand] | None = None,
+        metrics: GrpcMetrics | None = None,
     ) -> None:
         self._events = events
+        self._metrics = metrics
         self._datapath = datapath
         self._links = links
         self._confirmer = confirmer
@@ -150,6 +154,8 @@ class Api:
             host, port = _split_hostport(settings.listen)
         server = Server(handlers)
         listen(server, RecvRequest, self._on_request)
+        if self._metrics is not None:
+            self._metrics.instrument(server)
         servers = [server]
         path = Path(settings.socket_path)
         sock = _listen_unix(path)

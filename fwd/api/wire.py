@@ -55,7 +55,11 @@ def check_types(message: betterproto2.Message, path: str = "") -> None:
         value = getattr(message, field.name)
         name = f"{path}.{field.name}" if path else field.name
         if value is None:
-            continue  # unset optional / message
+            if fmeta.optional or (fmeta.proto_type == "message" and not fmeta.repeated):
+                continue  # unset optional field or message
+            # A scalar is never None in a well-formed message (a deprecated
+            # group wire type, for one, decodes to None).
+            raise WireTypeError(f"{name}: expected {fmeta.proto_type}, got malformed data")
         cls = meta.cls_by_field.get(field.name) if fmeta.proto_type == "message" else None
         if fmeta.map_meta is not None:
             if not isinstance(value, dict):

@@ -10,8 +10,9 @@ thread's namespace.
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
+
+import structlog
 
 from fwd.bpf import libbpf
 from fwd.bpf.handle import Handle
@@ -19,7 +20,7 @@ from fwd.bpf.objects import Program
 from fwd.errors import BpfError, LinkError
 from fwd.messages import AttachMode
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 _MODE_FLAGS = {
     AttachMode.NATIVE: libbpf.XDP_FLAGS_DRV_MODE,
@@ -141,9 +142,7 @@ def attach_xdp_best(prog: Program | int, ifindex: int) -> tuple[XdpLink, AttachM
     fwd loads one program for all interfaces. Raises LinkError naming each
     mode's errno if none works.
     """
-    log.debug(
-        "ifindex %d: skipping XDP offload (program not loaded for a NIC)", ifindex
-    )
+    log.debug("xdp_offload_skipped", ifindex=ifindex, reason="program not loaded for a NIC")
     failures: list[str] = []
     for mode in (AttachMode.NATIVE, AttachMode.GENERIC):
         try:
@@ -152,7 +151,7 @@ def attach_xdp_best(prog: Program | int, ifindex: int) -> tuple[XdpLink, AttachM
             cause = exc.__cause__
             code = cause.errno if isinstance(cause, BpfError) else 0
             failures.append(f"{mode.value}: {os.strerror(code)} (errno {code})")
-            log.debug("ifindex %d: %s attach failed: %s", ifindex, mode.value, exc)
+            log.debug("xdp_attach_mode_failed", ifindex=ifindex, mode=mode.value, error=str(exc))
     raise LinkError(f"cannot attach XDP to ifindex {ifindex}: " + "; ".join(failures))
 
 
