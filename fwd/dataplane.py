@@ -14,6 +14,7 @@ from typing import Protocol
 
 from fwd.bpf import abi
 from fwd.policy.compiler import ABSENT, Change
+from fwd.policy.engine import Commit
 from fwd.policy.setkeys import SET_KEY_SIZE, for_generation
 
 _U32 = struct.Struct("=I")
@@ -42,27 +43,6 @@ class SlotCounters:
     bytes: int
     would_drop_packets: int
     would_drop_bytes: int
-
-
-@dataclass(frozen=True)
-class Commit:
-    """One atomic change of the data plane: what differs from the live generation.
-
-    ``changes`` are rule-map entries with their verdict before and after;
-    ``tuples`` and the policy settings describe the new generation whole (they
-    are small); ``set_add`` / ``set_remove`` are packed generation-0 fwd_sets
-    keys (see fwd.policy.setkeys).
-    """
-
-    revision: int
-    changes: Sequence[Change] = ()
-    tuples: Sequence[abi.Tuple] = ()
-    default_action: int = abi.ACT_ALLOW
-    flags: int = 0
-    set_refs: Sequence[tuple[int, int]] = ()
-    set_add: bytes = b""
-    set_remove: bytes = b""
-    fresh_slots: Iterable[int] = ()
 
 
 class Dataplane:
