@@ -3,6 +3,12 @@
 One small interface (``Store``) with a SQLite implementation in the agent's
 state directory; cluster mode will add an etcd one. Calls are synchronous and
 short (one transaction); the Datapath runs them in a worker thread.
+
+Whole-policy applies are stored as snapshots (``save``); incremental changes
+(AddRule, DeleteRule, set elements) as one small journal record each
+(``save_change``): serialising 100,000 rules takes ~0.5 s, a record ~0.1 ms.
+``latest`` is the newest snapshot with the records after it replayed, so the
+revision a change reports is the revision on disk.
 """
 
 from __future__ import annotations
@@ -12,9 +18,11 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from fwd.errors import FwdError
+from fwd.policy.journal import replay
 from fwd.policy.model import Policy, policy_from_dict, policy_to_dict
 
 SCHEMA = """
@@ -23,6 +31,11 @@ CREATE TABLE IF NOT EXISTS revisions (
     applied_at REAL NOT NULL,
     policy TEXT NOT NULL,
     slots TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS changes (
+    revision INTEGER PRIMARY KEY,
+    applied_at REAL NOT NULL,
+    change TEXT NOT NULL
 );
 """
 
@@ -43,6 +56,8 @@ class Store(Protocol):
     def latest(self) -> StoredPolicy | None: ...
 
     def save(self, revision: int, policy: Policy, slots: dict[str, int]) -> None: ...
+
+    def save_change(self, revision: int, change: Mapping[str, Any]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -73,13 +88,23 @@ class SqliteStore:
             return None
         revision, applied_at, policy, slots = row
         try:
-            return StoredPolicy(
+            stored = StoredPolicy(
                 revision=int(revision),
                 policy=policy_from_dict(json.loads(policy)),
                 slots={str(k): int(v) for k, v in json.loads(slots).items()},
                 applied_at=float(applied_at),
             )
-        except (ValueError, FwdError) as e:
+            rows = self._db.execute(
+                "SELECT revision, applied_at, change FROM changes WHERE revision > ? "
+                "ORDER BY revision",
+                (stored.revision,),
+            ).fetchall()
+            for change_rev, change_at, change in rows:
+                revision = change_rev
+                p, s = replay(stored.policy, stored.slots, json.loads(change))
+                stored = StoredPolicy(int(change_rev), p, s, float(change_at))
+            return stored
+        except (ValueError, KeyError, TypeError, FwdError) as e:
             raise StoreError(f"{self.path}: revision {revision} is unreadable: {e}") from e
 
     def save(self, revision: int, policy: Policy, slots: dict[str, int]) -> None:
@@ -87,6 +112,15 @@ class SqliteStore:
             self._db.execute(
                 "INSERT INTO revisions (revision, applied_at, policy, slots) VALUES (?, ?, ?, ?)",
                 (revision, time.time(), json.dumps(policy_to_dict(policy)), json.dumps(slots)),
+            )
+            # Records up to a snapshot are in it.
+            self._db.execute("DELETE FROM changes WHERE revision <= ?", (revision,))
+
+    def save_change(self, revision: int, change: Mapping[str, Any]) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT INTO changes (revision, applied_at, change) VALUES (?, ?, ?)",
+                (revision, time.time(), json.dumps(change)),
             )
 
     def close(self) -> None:
@@ -104,6 +138,11 @@ class MemoryStore:
 
     def save(self, revision: int, policy: Policy, slots: dict[str, int]) -> None:
         self._latest = StoredPolicy(revision, policy, dict(slots), time.time())
+
+    def save_change(self, revision: int, change: Mapping[str, Any]) -> None:
+        latest = self._latest or StoredPolicy(0, Policy(), {}, 0.0)
+        policy, slots = replay(latest.policy, latest.slots, change)
+        self._latest = StoredPolicy(revision, policy, slots, time.time())
 
     def close(self) -> None:
         pass

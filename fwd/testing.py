@@ -100,8 +100,10 @@ class FakeDatapath:
                 await _answer(command.reply, Reply(value=Applied(self.revision, self.policy)))
             elif isinstance(command, GetStats):
                 await _answer(command.reply, Reply(value=self.current_stats()))
-            else:
+            elif isinstance(command, ApplyPolicy):
                 await _answer(command.reply, self.apply(command))
+            else:  # rule and set commands are not faked: the reply closes unanswered
+                command.reply.close()
 
     def apply(self, command: ApplyPolicy) -> Reply[Applied]:
         """The answer to an ApplyPolicy (no I/O), updating the in-memory state."""

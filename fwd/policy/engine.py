@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from fwd.bpf import abi
 from fwd.errors import CapacityError, PolicyError
@@ -28,7 +29,16 @@ from fwd.policy.compiler import (
     diff,
     fresh_slots,
 )
-from fwd.policy.model import EMPTY_POLICY, Action, NamedSet, Policy, Rule, SetType, check_rule_sets
+from fwd.policy.model import (
+    EMPTY_POLICY,
+    Action,
+    NamedSet,
+    Policy,
+    Rule,
+    SetType,
+    check_rule_sets,
+    rule_to_dict,
+)
 from fwd.policy.setkeys import assign_set_ids, set_keys
 
 
@@ -61,6 +71,8 @@ class Pending:
     policy: Policy
     finish: Callable[[], None]
     abort: Callable[[], None] = lambda: None
+    slots: Mapping[str, int] | None = None  # whole-policy operations: every slot after
+    change: dict[str, Any] | None = None  # incremental ones: the journal record
 
 
 @dataclass
@@ -198,7 +210,7 @@ class Engine:
             self.classifier = c
             self._s = _State(policy, revision, new_slots, prios, ids, set_ids, links)
 
-        return Pending(commit, policy, finish)
+        return Pending(commit, policy, finish, slots=new_slots)
 
     def relink(self, ifindexes: Mapping[str, int]) -> Pending | None:
         """Interfaces changed: recompile rules with interface globs (None: nothing to do)."""
@@ -245,7 +257,8 @@ class Engine:
             c.remove_rule(rule, prio, ctx)
             c.take_changes()
 
-        return Pending(commit, policy, finish, abort)
+        change = {"op": "add_rule", "index": index, "slot": slot, "rule": rule_to_dict(rule)}
+        return Pending(commit, policy, finish, abort, change=change)
 
     def _free_slot(self) -> int:
         used = set(self._s.slots.values())
@@ -277,7 +290,7 @@ class Engine:
             c.add_rule(rule, prio, slot, ctx)
             c.take_changes()
 
-        return Pending(commit, policy, finish, abort)
+        return Pending(commit, policy, finish, abort, change={"op": "delete_rule", "id": rule_id})
 
     # --- sets --------------------------------------------------------------------
 
@@ -290,6 +303,7 @@ class Engine:
         is expanded into its rules' port ranges, so it recompiles (a diff).
         """
         s = self._s
+        add, remove = list(add), list(remove)
         named = s.policy.set_named(name)
         if named is None:
             raise PolicyError("set", f"no set named {name!r}")
@@ -306,4 +320,6 @@ class Engine:
         def finish() -> None:
             s.policy, s.revision = policy, s.revision + 1
 
-        return Pending(commit, policy, finish)
+        change = {"op": "set", "name": name, "add": [str(x) for x in add],
+                  "remove": [str(x) for x in remove]}  # fmt: skip
+        return Pending(commit, policy, finish, change=change)
