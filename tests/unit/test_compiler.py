@@ -269,7 +269,7 @@ def agree(e: Engine, frames: list[tuple[int, bytes]]) -> None:
         assert got == want, (frame.hex(), parse_packet(frame, ifindex))
 
 
-@settings(max_examples=S.examples(300), deadline=None)
+@settings(max_examples=S.examples(500), deadline=None)
 @given(S.policy_dict(), st.lists(S.frame(), min_size=1, max_size=10))
 def test_simulated_search_agrees_with_reference(
     raw: dict[str, Any], frames: list[tuple[int, bytes]]
