@@ -106,10 +106,10 @@ def step(plane: Plane, data: st.DataObject, i: int) -> Pending | None:
         remove = data.draw(st.lists(st.sampled_from(named.elements()), max_size=3)) if len(named) else []
         return e.change_set(named.name, add, remove)
     # A re-apply of an edited whole policy that keeps most ids.
-    rules = list(e.policy.rules)
-    if rules and data.draw(st.booleans()):
-        rules.reverse()
-    return e.apply(Policy(e.policy.default_action, e.policy.dry_run, tuple(rules),
+    kept = list(e.policy.rules)
+    if kept and data.draw(st.booleans()):
+        kept.reverse()
+    return e.apply(Policy(e.policy.default_action, e.policy.dry_run, tuple(kept),
                           e.policy.log_default, e.policy.sets))  # fmt: skip
 
 

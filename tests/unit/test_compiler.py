@@ -184,7 +184,7 @@ def test_identical_keys_first_rule_owns_and_deletion_hands_over() -> None:
     c.take_changes()
     c.remove_rule(p.rules[0], 10, ctx)
     (change,) = c.take_changes()
-    assert change[0] == key and VERDICT.unpack(change[1])[1] == 16
+    assert change[0] == key and change[1] is not None and VERDICT.unpack(change[1])[1] == 16
     assert change[2] is not None and VERDICT.unpack(change[2])[1] == 17
     c.remove_rule(p.rules[1], 20, ctx)
     assert c.take_changes() == [(key, change[2], None)]
