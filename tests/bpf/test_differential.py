@@ -107,7 +107,8 @@ def step(plane: Plane, data: st.DataObject, i: int) -> Pending | None:
         return e.change_set(named.name, add, remove)
     # A re-apply of an edited whole policy that keeps most ids.
     kept = list(e.policy.rules)
-    if kept and data.draw(st.booleans()):
+    flip: bool = data.draw(st.booleans())
+    if flip:
         kept.reverse()
     return e.apply(Policy(e.policy.default_action, e.policy.dry_run, tuple(kept),
                           e.policy.log_default, e.policy.sets))  # fmt: skip
