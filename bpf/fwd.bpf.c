@@ -50,8 +50,16 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, FWD_DEFAULT_RULE_ENTRIES);
 	__type(key, struct fwd_key);
-	__type(value, struct fwd_verdict);
+	__type(value, struct fwd_entry);
 } fwd_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, FWD_DEFAULT_SET_ENTRIES);
+	__type(key, struct fwd_set_key);
+	__type(value, __u8);
+} fwd_sets SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -401,41 +409,84 @@ static __always_inline int parse_packet(struct cursor *c, struct fwd_key *key)
 
 /* The search's input and result; lives on fwd_xdp's stack. */
 struct classify_ctx {
-	struct fwd_key key;      /* the packet key, unmasked */
-	__u32 base;              /* gen * FWD_MAX_TUPLES */
+	struct fwd_key key;      /* the packet key, unmasked (set bits filled here) */
+	__u32 gen;               /* live generation, read once by fwd_xdp */
 	__u32 ntuples;           /* tuples in use, <= FWD_MAX_TUPLES */
-	__u32 found;             /* a rule entry matched */
-	struct fwd_verdict best; /* lowest-priority match so far */
+	__u32 nsets;             /* set lookups in use, <= FWD_MAX_SET_REFS */
+	__u8 set_ids[FWD_MAX_SET_REFS];
+	__u8 set_dirs[FWD_MAX_SET_REFS];
+	struct fwd_verdict best; /* lowest-priority match so far (prio ABSENT: none) */
 };
 
 /*
+ * Set membership: one LPM lookup per (set, direction) the generation uses;
+ * a hit sets the set's bit in key.src_sets / key.dst_sets, which tuples
+ * mask like any other field. The tag selects set, generation and family, so
+ * a lookup sees exactly one generation's elements of one family.
+ */
+static __always_inline void lookup_sets(struct classify_ctx *cc)
+{
+	struct fwd_key *k = &cc->key;
+	struct fwd_set_key sk;
+	__u32 fam = (k->l4 & FWD_L4_IPV6) ? 6 : 4;
+	int i;
+
+	for (i = 0; i < FWD_MAX_SET_REFS; i++) {
+		__u8 *addr, id;
+
+		if (i >= cc->nsets)
+			break;
+		id = cc->set_ids[i] & (FWD_MAX_SETS - 1);
+		addr = cc->set_dirs[i] == FWD_DIR_DST ? k->dst : k->src;
+		__builtin_memset(&sk, 0, sizeof(sk));
+		sk.tag = bpf_htonl((__u32)id << 16 | (cc->gen & 1) << 8 | fam);
+		if (fam == 4) {
+			/* IPv4 is stored as its 4 bytes (the mapped form's tail). */
+			sk.prefixlen = 32 + 32;
+			__builtin_memcpy(sk.addr, addr + 12, 4);
+		} else {
+			sk.prefixlen = 32 + 128;
+			__builtin_memcpy(sk.addr, addr, 16);
+		}
+		if (!bpf_map_lookup_elem(&fwd_sets, &sk))
+			continue;
+		if (cc->set_dirs[i] == FWD_DIR_DST)
+			k->dst_sets |= 1 << id;
+		else
+			k->src_sets |= 1 << id;
+	}
+}
+
+/*
  * Tuple i: mask the packet key, look the result up, keep the best
- * priority. Returns 1 to stop the search.
+ * priority of this generation's verdicts. Returns 1 to stop the search.
  */
 static __always_inline int classify_tuple(struct classify_ctx *cc, __u32 i)
 {
 	const struct fwd_key *k = &cc->key;
 	const struct fwd_tuple *t;
-	struct fwd_verdict *v;
+	const struct fwd_entry *e;
+	const struct fwd_verdict *v;
 	struct fwd_key mk;
 	__u32 idx;
 	int w;
 
 	if (i >= cc->ntuples)
 		return 1;
-	idx = cc->base + i;
+	idx = (cc->gen & 1) * FWD_MAX_TUPLES + i;
 	t = bpf_map_lookup_elem(&fwd_tuples, &idx);
 	if (!t)
 		return 1;
 
-	/* Tuples are sorted by min_prio: none from here on can beat the best. */
-	if (cc->found && cc->best.prio <= t->min_prio)
+	/* Tuples are sorted by min_prio: none from here on can beat the best
+	 * (an absent best has prio U32_MAX, above every min_prio). */
+	if (cc->best.prio <= t->min_prio)
 		return 1;
 
 	/* Masked key: every field ANDed with its mask; the tuple field names
-	 * this tuple (and thereby the generation); pad stays 0. Every byte of
-	 * mk is written, so no stale stack bytes reach the hash. */
-	mk.tuple = idx;
+	 * the tuple; pad stays 0. Every byte of mk is written, so no stale
+	 * stack bytes reach the hash. */
+	mk.tuple = t->tuple_id;
 	mk.ifindex = k->ifindex & t->ifindex_mask;
 #pragma unroll
 	for (w = 0; w < 4; w++) {
@@ -444,21 +495,25 @@ static __always_inline int classify_tuple(struct classify_ctx *cc, __u32 i)
 	}
 	mk.sport = k->sport & t->sport_mask;
 	mk.dport = k->dport & t->dport_mask;
+	mk.src_sets = k->src_sets & t->src_sets_mask;
+	mk.dst_sets = k->dst_sets & t->dst_sets_mask;
 	mk.proto = k->proto & t->proto_mask;
 	mk.tcp_flags = k->tcp_flags & t->tcp_flags_mask;
 	mk.l4 = k->l4 & t->l4_mask;
 	mk.pad = 0;
 
-	/* Keep the lowest priority over all tuples. */
-	v = bpf_map_lookup_elem(&fwd_rules, &mk);
-	if (v && (!cc->found || v->prio < cc->best.prio)) {
-		cc->best = *v;
-		cc->found = 1;
+	/* Keep the lowest priority over all tuples; an entry absent from this
+	 * generation carries FWD_PRIO_ABSENT and never wins. */
+	e = bpf_map_lookup_elem(&fwd_rules, &mk);
+	if (e) {
+		v = &e->v[cc->gen & 1];
+		if (v->prio < cc->best.prio)
+			cc->best = *v;
 	}
 	return 0;
 }
 
-/* Tuple-space search over cc->ntuples tuples from cc->base (global: see above). */
+/* Set lookups, then the tuple-space search over cc->ntuples tuples (global: see above). */
 __noinline int fwd_classify(struct classify_ctx *cc)
 {
 	__u32 i;
@@ -467,6 +522,8 @@ __noinline int fwd_classify(struct classify_ctx *cc)
 	 * verifier knows. */
 	if (!cc)
 		return 0;
+	if (cc->nsets)
+		lookup_sets(cc);
 	for (i = 0; i < FWD_MAX_TUPLES; i++)
 		if (classify_tuple(cc, i))
 			break;
@@ -624,11 +681,12 @@ int fwd_xdp(struct xdp_md *ctx)
 	struct classify_ctx cc;
 	__u32 zero = 0, gen = 0, slot;
 	__u8 action, gflags = 0, default_action = FWD_ACT_ALLOW, evflags;
-	int kind, would_drop, log;
+	int kind, would_drop, found = 0, log;
 
 	/* 1. Parse into a fully zeroed key (pad and unset fields must be 0:
 	 *    the key is hashed as raw bytes). */
 	__builtin_memset(&cc, 0, sizeof(cc));
+	cc.best.prio = FWD_PRIO_ABSENT;
 	cc.key.ifindex = ctx->ingress_ifindex;
 	kind = parse_packet(&c, &cc.key);
 
@@ -647,6 +705,9 @@ int fwd_xdp(struct xdp_md *ctx)
 	cfg = bpf_map_lookup_elem(&fwd_gen, &gen);
 	if (cfg) {
 		cc.ntuples = cfg->ntuples;
+		cc.nsets = cfg->nsets;
+		__builtin_memcpy(cc.set_ids, cfg->set_ids, sizeof(cc.set_ids));
+		__builtin_memcpy(cc.set_dirs, cfg->set_dirs, sizeof(cc.set_dirs));
 		default_action = cfg->default_action;
 		gflags = cfg->flags;
 	}
@@ -659,13 +720,16 @@ int fwd_xdp(struct xdp_md *ctx)
 	} else {
 		/* 4b. Classify: tuples gen*256 .. gen*256+ntuples-1 (the call
 		 *     is skipped for an empty policy: it saves ~8 ns). */
-		cc.base = gen * FWD_MAX_TUPLES;
+		cc.gen = gen;
 		if (cc.ntuples > FWD_MAX_TUPLES)
 			cc.ntuples = FWD_MAX_TUPLES;
+		if (cc.nsets > FWD_MAX_SET_REFS)
+			cc.nsets = FWD_MAX_SET_REFS;
 		if (cc.ntuples)
 			fwd_classify(&cc);
 
-		if (cc.found) {
+		found = cc.best.prio != FWD_PRIO_ABSENT;
+		if (found) {
 			slot = cc.best.slot;
 			action = cc.best.action;
 		} else {
@@ -674,7 +738,7 @@ int fwd_xdp(struct xdp_md *ctx)
 		}
 		would_drop = action == FWD_ACT_DROP &&
 			     ((gflags & FWD_GEN_DRY_RUN) ||
-			      (cc.found && (cc.best.flags & FWD_RULE_AUDIT)));
+			      (found && (cc.best.flags & FWD_RULE_AUDIT)));
 	}
 
 	/* 5. Count, log, then decide: a would-be drop passes. */
@@ -683,7 +747,7 @@ int fwd_xdp(struct xdp_md *ctx)
 	if (kind == PKT_MALFORMED) {
 		evflags |= FWD_EV_MALFORMED;
 		log = 0;
-	} else if (cc.found) {
+	} else if (found) {
 		log = !!(cc.best.flags & FWD_RULE_LOG);
 	} else {
 		evflags |= FWD_EV_DEFAULT;

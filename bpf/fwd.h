@@ -8,15 +8,18 @@
  *
  * Classification is tuple-space search (see bpf/README.md): every rule is
  * expanded into (mask, masked key) entries; entries sharing a mask form a
- * "tuple". For a packet the program builds one key, and for every tuple of
- * the live generation looks up (key & tuple mask) in one hash map. The entry
- * with the lowest priority (rule position) over all tuples decides. Tuples
+ * "tuple" with a stable id. For a packet the program builds one key, and for
+ * every tuple of the live generation looks up (key & tuple mask) in one hash
+ * map. The entry with the lowest priority over all tuples decides. Tuples
  * are sorted by the lowest priority they hold, so the search stops as soon
  * as no later tuple can beat the best match found.
  *
- * Atomicity: everything a packet reads is keyed by generation (0 or 1). The
- * agent fills the inactive generation, then flips fwd_live.gen with one
- * word-sized array update; each packet reads that word exactly once.
+ * Atomicity: every entry holds a verdict per generation (fwd_entry.v[gen]);
+ * tuple arrays, generation configs and set elements are per generation too.
+ * The agent writes the inactive generation's half of what changes, then
+ * flips fwd_live.gen with one word-sized array update; each packet reads that
+ * word exactly once. After an RCU barrier it copies the change into the
+ * other half, so outside an apply v[0] == v[1] everywhere.
  *
  * All multi-byte key fields are in host byte order except addresses, which
  * are kept as 16 bytes in network order (IPv4 as IPv4-mapped IPv6,
@@ -31,6 +34,11 @@
 
 /* Limits: array sizes; the agent may raise map sizes before load. */
 #define FWD_MAX_TUPLES 256         /* distinct masks per generation */
+#define FWD_MAX_TUPLE_IDS 1024     /* stable tuple ids (both generations) */
+#define FWD_MAX_SETS 16            /* prefix sets: one bit each in fwd_key.*_sets */
+#define FWD_MAX_SET_REFS 16        /* (set, direction) lookups per generation */
+#define FWD_DEFAULT_SET_ENTRIES 2097152 /* fwd_sets nodes (a set is stored per generation) */
+#define FWD_PRIO_ABSENT 0xffffffff /* fwd_verdict.prio: no rule in this generation */
 #define FWD_MAX_SLOTS 131072       /* counter slots (rules + reserved) */
 #define FWD_DEFAULT_RULE_ENTRIES 1048576 /* hash entries, both generations */
 #define FWD_MAX_VLAN 2             /* VLAN tags parsed */
@@ -68,14 +76,20 @@
 #define FWD_SLOT_NON_IP 2          /* not IPv4/IPv6 (ARP, LLDP...): passed */
 #define FWD_SLOT_FIRST_RULE 16
 
+/* Set directions (fwd_gen_config.set_dirs). */
+#define FWD_DIR_SRC 0
+#define FWD_DIR_DST 1
+
 /* Key of fwd_rules, also what the program builds from a packet. */
 struct fwd_key {
-	__u32 tuple;      /* gen * FWD_MAX_TUPLES + tuple index */
+	__u32 tuple;      /* stable tuple id, < FWD_MAX_TUPLE_IDS */
 	__u32 ifindex;    /* ingress interface */
 	__u8 src[16];     /* network order, IPv4-mapped for IPv4 */
 	__u8 dst[16];
 	__u16 sport;      /* host order; ICMP type when l4 & FWD_L4_ICMP */
 	__u16 dport;      /* host order; ICMP code when l4 & FWD_L4_ICMP */
+	__u16 src_sets;   /* bit i: the source is in prefix set i */
+	__u16 dst_sets;   /* bit i: the destination is in prefix set i */
 	__u8 proto;       /* IP protocol / IPv6 upper-layer next header */
 	__u8 tcp_flags;   /* TCP flags byte (FIN=0x01 ... CWR=0x80) */
 	__u8 l4;          /* FWD_L4_* bits */
@@ -89,20 +103,42 @@ struct fwd_tuple {
 	__u8 dst_mask[16];
 	__u16 sport_mask;
 	__u16 dport_mask;
+	__u16 src_sets_mask;
+	__u16 dst_sets_mask;
 	__u8 proto_mask;
 	__u8 tcp_flags_mask;
 	__u8 l4_mask;
 	__u8 pad;
+	__u32 tuple_id;   /* fwd_key.tuple of this tuple's entries */
 	__u32 min_prio;   /* lowest priority of any entry in this tuple */
 };
 
-/* Value of fwd_rules. */
+/* One generation's verdict of an entry. */
 struct fwd_verdict {
-	__u32 prio;       /* rule position in the policy: lower wins */
+	__u32 prio;       /* sparse, in rule order: lower wins; FWD_PRIO_ABSENT: none */
 	__u32 slot;       /* counter slot of the rule (stable per rule id) */
 	__u8 action;      /* FWD_ACT_* */
 	__u8 flags;       /* FWD_RULE_* */
 	__u16 pad;
+};
+
+/* Value of fwd_rules: the entry's verdict in each generation. */
+struct fwd_entry {
+	struct fwd_verdict v[2];
+};
+
+/*
+ * Key of fwd_sets (LPM trie). The 32-bit tag (network order) is
+ * set_id << 16 | gen << 8 | family (4 or 6) and always matched whole, so
+ * prefixlen = 32 + the element's prefix length. IPv4 addresses take addr[0..3].
+ * Elements are stored per generation: a longest-prefix match must only see
+ * one generation's elements, or a nested prefix present in one generation
+ * would hide its parent in the other.
+ */
+struct fwd_set_key {
+	__u32 prefixlen;
+	__u32 tag;
+	__u8 addr[16];
 };
 
 /* fwd_live[0]: which generation packets use. */
@@ -117,8 +153,11 @@ struct fwd_gen_config {
 	__u32 ntuples;    /* tuples in use, <= FWD_MAX_TUPLES */
 	__u8 default_action;
 	__u8 flags;       /* FWD_GEN_* */
-	__u16 pad;
+	__u8 nsets;       /* set lookups in use, <= FWD_MAX_SET_REFS */
+	__u8 pad;
 	__u64 revision;
+	__u8 set_ids[FWD_MAX_SET_REFS];  /* prefix set id (< FWD_MAX_SETS) */
+	__u8 set_dirs[FWD_MAX_SET_REFS]; /* FWD_DIR_*: which address is looked up */
 };
 
 /* fwd_counters[slot], per CPU. */

@@ -1,4 +1,4 @@
-"""The I/O shell over the XDP program's maps: write a generation, flip, read counters.
+"""The I/O shell over the XDP program's maps: write a change, flip, read counters.
 
 The Datapath actor is the only caller (sole writer of BPF maps). Everything
 here is synchronous; each call is a handful of bpf(2) syscalls.
@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from fwd.bpf import abi
-from fwd.policy.compiler import CompiledPolicy, compile_policy
-from fwd.policy.model import Policy
+from fwd.policy.compiler import ABSENT, Change
+from fwd.policy.engine import Commit
+from fwd.policy.setkeys import SET_KEY_SIZE, for_generation
 
 _U32 = struct.Struct("=I")
 _COUNTER = struct.Struct("=QQQQ")
-_KEY_SIZE = ctypes.sizeof(abi.Key)
 assert _COUNTER.size == ctypes.sizeof(abi.Counter)
 
 
@@ -48,19 +48,17 @@ class SlotCounters:
 
 
 class Dataplane:
-    """Writes compiled policies into the maps of one loaded fwd XDP object."""
+    """Writes changes into the maps of one loaded fwd XDP object, one generation flip each."""
 
     def __init__(self, maps: Mapping[str, MapLike], ncpus: int, barrier: "Barrier") -> None:
         self._live = maps["fwd_live"]
         self._gen = maps["fwd_gen"]
         self._tuples = maps["fwd_tuples"]
         self._rules = maps["fwd_rules"]
+        self._sets = maps["fwd_sets"]
         self._counters = maps["fwd_counters"]
         self._ncpus = ncpus
         self._barrier = barrier
-        # Keys written per generation, so a retired generation can be deleted
-        # exactly, without walking the hash map.
-        self._written: dict[int, tuple[bytes, int]] = {0: (b"", 0), 1: (b"", 0)}
 
     def live_generation(self) -> int:
         raw = self._live.lookup(_U32.pack(0))
@@ -68,61 +66,73 @@ class Dataplane:
             return 0
         return int(abi.Live.from_buffer_copy(raw).gen)
 
-    def compile(
-        self,
-        policy: Policy,
-        revision: int,
-        *,
-        slots: Mapping[str, int],
-        ifindexes: Mapping[str, int],
-    ) -> CompiledPolicy:
-        """Compile ``policy`` for the inactive generation (pure; raises on a bad policy)."""
-        return compile_policy(
-            policy,
-            gen=1 - self.live_generation(),
-            slots=slots,
-            ifindexes=ifindexes,
-            revision=revision,
-        )
+    def commit(self, c: Commit) -> None:
+        """Make ``c`` live atomically (bpf/README.md "Updates").
 
-    def install(
-        self, compiled: CompiledPolicy, revision: int, fresh_slots: Iterable[int] = ()
-    ) -> None:
-        """Write ``compiled`` into its (inactive) generation and make it live atomically.
-
-        ``fresh_slots`` are counter slots newly given to rule ids: they are
-        zeroed first, so a rule never inherits a removed rule's packets.
-
-        Order matters: entries and tuples first, the generation's config next,
-        the live word last. A packet reads the live word once, so it sees either
-        the old generation (untouched until after the flip and a barrier) or
-        the new one, complete.
+        (b) write the inactive generation: every changed entry whole, with the
+        live half unchanged and the inactive half new; set elements tagged
+        with the inactive generation; its tuples and config. (c) flip the live
+        word. (d) wait for programs still on the old generation. (e) copy the
+        change into the old half, delete entries absent from both and the old
+        generation's removed set elements. Packets read the live word once, so
+        each sees one generation, complete.
         """
-        gen = compiled.gen
-        if gen == self.live_generation():
-            raise ValueError(f"generation {gen} is live; compile into the other one")
-        self._clear(gen)
-        self.zero_slots(fresh_slots)
-        n = len(compiled.tuples)
+        live = self.live_generation()
+        new = 1 - live
+        self.zero_slots(c.fresh_slots)
+        self._write_entries(c.changes, live, new)
+        self._write_sets(c.set_add, c.set_remove, new)
+        n = len(c.tuples)
+        if n > abi.MAX_TUPLES:
+            raise ValueError(f"{n} tuples exceed {abi.MAX_TUPLES}")
         if n:
-            idx = b"".join(_U32.pack(gen * abi.MAX_TUPLES + i) for i in range(n))
-            self._tuples.update_batch(idx, b"".join(bytes(t) for t in compiled.tuples), n)
-        if compiled.count:
-            self._rules.update_batch(compiled.keys, compiled.values, compiled.count)
-        self._written[gen] = (compiled.keys, compiled.count)
-        config = abi.GenConfig.from_buffer_copy(bytes(compiled.config))
-        config.revision = revision
-        self._gen.update(_U32.pack(gen), bytes(config))
-        self._live.update(_U32.pack(0), bytes(abi.Live(gen=gen, revision=revision)))
-        # Wait until no program still runs on the old generation, then retire it.
+            idx = b"".join(_U32.pack(new * abi.MAX_TUPLES + i) for i in range(n))
+            self._tuples.update_batch(idx, b"".join(bytes(t) for t in c.tuples), n)
+        config = abi.GenConfig(
+            ntuples=n, default_action=c.default_action, flags=c.flags, revision=c.revision
+        )
+        if len(c.set_refs) > abi.MAX_SET_REFS:
+            raise ValueError(f"{len(c.set_refs)} set lookups exceed {abi.MAX_SET_REFS}")
+        config.nsets = len(c.set_refs)
+        for i, (set_id, direction) in enumerate(c.set_refs):
+            config.set_ids[i], config.set_dirs[i] = set_id, direction
+        self._gen.update(_U32.pack(new), bytes(config))
+        self._live.update(_U32.pack(0), bytes(abi.Live(gen=new, revision=c.revision)))
         self._barrier.wait()
-        self._clear(1 - gen)
+        self._settle(c.changes)
+        self._write_sets(c.set_add, c.set_remove, live)
 
-    def _clear(self, gen: int) -> None:
-        keys, count = self._written[gen]
-        if count:
-            self._rules.delete_batch(keys, count)
-        self._written[gen] = (b"", 0)
+    def _write_entries(self, changes: Sequence[Change], live: int, new: int) -> None:
+        if not changes:
+            return
+        keys, values = [], []
+        for key, before, after in changes:
+            halves = [before or ABSENT, before or ABSENT]
+            halves[new] = after or ABSENT
+            keys.append(key)
+            values.append(halves[0] + halves[1])
+        self._rules.update_batch(b"".join(keys), b"".join(values), len(keys))
+
+    def _settle(self, changes: Sequence[Change]) -> None:
+        keys, values, gone = [], [], []
+        for key, _, after in changes:
+            if after is None:
+                gone.append(key)
+            else:
+                keys.append(key)
+                values.append(after + after)
+        if keys:
+            self._rules.update_batch(b"".join(keys), b"".join(values), len(keys))
+        if gone:
+            self._rules.delete_batch(b"".join(gone), len(gone))
+
+    def _write_sets(self, add: bytes, remove: bytes, gen: int) -> None:
+        if add:
+            n = len(add) // SET_KEY_SIZE
+            self._sets.update_batch(for_generation(add, gen), b"\x01" * n, n)
+        if remove:
+            n = len(remove) // SET_KEY_SIZE
+            self._sets.delete_batch(for_generation(remove, gen), n)
 
     def zero_slots(self, slots: Iterable[int]) -> None:
         """Reset per-CPU counters of slots handed to new rule ids."""

@@ -14,7 +14,7 @@ from typing import Generic, TypeVar
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from fwd.events import DropEvent, EventFilter
-from fwd.policy.model import Policy
+from fwd.policy.model import Policy, Rule, SetType
 
 T = TypeVar("T")
 
@@ -177,7 +177,6 @@ class GetHistory:
     reply: MemoryObjectSendStream[Reply[tuple[tuple[HistoryEntry, ...], int]]]  # (page, total)
 
 
-DatapathCommand = ApplyPolicy | GetPolicy | GetStats | ApplyRevision | GetHistory
 
 
 # --- Api -> Confirmer ---------------------------------------------------------
@@ -236,6 +235,117 @@ class RuleTable:
     default_action: str = "allow"
     dry_run: bool = False
     rules: tuple[RuleSlot, ...] = ()
+
+@dataclass(frozen=True)
+class AddRule:
+    """Insert ``rule`` and enforce it; only its own entries change.
+
+    Where: ``position`` (0 = first; None with no anchor = last), or right
+    ``before_id`` / ``after_id`` another rule. ``expect_revision`` as for
+    ApplyPolicy. The reply's policy is the whole new policy (shared, not copied).
+    """
+
+    rule: Rule
+    reply: MemoryObjectSendStream[Reply[Applied]]
+    position: int | None = None
+    before_id: str | None = None
+    after_id: str | None = None
+    expect_revision: int | None = None
+
+
+@dataclass(frozen=True)
+class DeleteRule:
+    """Remove the rule ``rule_id``; counters of every other rule are untouched."""
+
+    rule_id: str
+    reply: MemoryObjectSendStream[Reply[Applied]]
+    expect_revision: int | None = None
+
+
+@dataclass(frozen=True)
+class RulePage:
+    """Rules ``offset`` .. ``offset + len(rules) - 1`` of the policy at ``revision``."""
+
+    revision: int
+    offset: int
+    total: int
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True)
+class ListRules:
+    """One page of the enforced rules (``limit`` at most; never the whole table copied)."""
+
+    offset: int
+    limit: int
+    reply: MemoryObjectSendStream[Reply[RulePage]]
+
+
+@dataclass(frozen=True)
+class SetAddElements:
+    """Add ``elements`` (CIDRs or ports) to the named set, atomically, in one generation flip."""
+
+    set_name: str
+    elements: tuple[str | int, ...]
+    reply: MemoryObjectSendStream[Reply[Applied]]
+    expect_revision: int | None = None
+
+
+@dataclass(frozen=True)
+class SetRemoveElements:
+    """Remove ``elements`` from the named set (absent ones are ignored), atomically."""
+
+    set_name: str
+    elements: tuple[str | int, ...]
+    reply: MemoryObjectSendStream[Reply[Applied]]
+    expect_revision: int | None = None
+
+
+@dataclass(frozen=True)
+class SetInfo:
+    name: str
+    type: SetType
+    size: int
+
+
+@dataclass(frozen=True)
+class ListSets:
+    reply: MemoryObjectSendStream[Reply[tuple[SetInfo, ...]]]
+
+
+@dataclass(frozen=True)
+class SetElementsPage:
+    """Elements ``offset`` .. of the set (sorted text) at ``revision``."""
+
+    revision: int
+    set_name: str
+    offset: int
+    total: int
+    elements: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ListSetElements:
+    set_name: str
+    offset: int
+    limit: int
+    reply: MemoryObjectSendStream[Reply[SetElementsPage]]
+
+
+DatapathCommand = (
+    ApplyPolicy
+    | GetPolicy
+    | GetStats
+    | AddRule
+    | DeleteRule
+    | ListRules
+    | SetAddElements
+    | SetRemoveElements
+    | ListSets
+    | ListSetElements
+    | ApplyRevision
+    | GetHistory
+)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,12 @@
 One small interface (``Store``) with a SQLite implementation in the agent's
 state directory; cluster mode will add an etcd one. Calls are synchronous and
 short (one transaction); the Datapath runs them in a worker thread.
+
+Whole-policy applies are stored as snapshots (``save``); incremental changes
+(AddRule, DeleteRule, set elements) as one small journal record each
+(``save_change``): serialising 100,000 rules takes ~0.5 s, a record ~0.1 ms.
+``latest`` is the newest snapshot with the records after it replayed, so the
+revision a change reports is the revision on disk.
 """
 
 from __future__ import annotations
@@ -11,10 +17,12 @@ import json
 import sqlite3
 import time
 from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from fwd.errors import FwdError
+from fwd.policy.journal import replay
 from fwd.policy.model import Policy, policy_from_dict, policy_to_dict
 
 SCHEMA = """
@@ -23,6 +31,11 @@ CREATE TABLE IF NOT EXISTS revisions (
     applied_at REAL NOT NULL,
     policy TEXT NOT NULL,
     slots TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS changes (
+    revision INTEGER PRIMARY KEY,
+    applied_at REAL NOT NULL,
+    change TEXT NOT NULL
 );
 """
 
@@ -43,6 +56,8 @@ class Store(Protocol):
     def latest(self) -> StoredPolicy | None: ...
 
     def save(self, revision: int, policy: Policy, slots: dict[str, int]) -> None: ...
+
+    def save_change(self, revision: int, change: Mapping[str, Any]) -> None: ...
 
     def get(self, revision: int) -> StoredPolicy | None: ...
 
@@ -70,29 +85,53 @@ class SqliteStore:
 
     def latest(self) -> StoredPolicy | None:
         row = self._db.execute(
-            "SELECT revision, applied_at, policy, slots FROM revisions "
-            "ORDER BY revision DESC LIMIT 1"
+            "SELECT max(r) FROM (SELECT max(revision) AS r FROM revisions "
+            "UNION ALL SELECT max(revision) FROM changes)"
         ).fetchone()
-        return None if row is None else self._decode(row)
+        return None if row is None or row[0] is None else self.get(int(row[0]))
 
     def get(self, revision: int) -> StoredPolicy | None:
+        """The policy as it was at ``revision``: the newest snapshot at or before it,
+        with the journal records after that snapshot replayed up to ``revision``."""
+        known = self._db.execute(
+            "SELECT 1 FROM revisions WHERE revision = ? UNION ALL "
+            "SELECT 1 FROM changes WHERE revision = ?",
+            (revision, revision),
+        ).fetchone()
+        if known is None:
+            return None
         row = self._db.execute(
-            "SELECT revision, applied_at, policy, slots FROM revisions WHERE revision = ?",
+            "SELECT revision, applied_at, policy, slots FROM revisions WHERE revision <= ? "
+            "ORDER BY revision DESC LIMIT 1",
             (revision,),
         ).fetchone()
-        return None if row is None else self._decode(row)
+        stored = self._decode(row) if row is not None else StoredPolicy(0, Policy(), {}, 0.0)
+        rows = self._db.execute(
+            "SELECT revision, applied_at, change FROM changes WHERE revision > ? "
+            "AND revision <= ? ORDER BY revision",
+            (stored.revision, revision),
+        ).fetchall()
+        for change_rev, change_at, change in rows:
+            try:
+                p, sl = replay(stored.policy, stored.slots, json.loads(change))
+            except (ValueError, KeyError, TypeError, FwdError) as e:
+                raise StoreError(f"{self.path}: revision {change_rev} is unreadable: {e}") from e
+            stored = StoredPolicy(int(change_rev), p, sl, float(change_at))
+        return stored
 
     def history(self, offset: int, limit: int) -> tuple[list[StoredPolicy], int]:
-        """A page of revisions, newest first, and how many there are in all."""
-        total = int(self._db.execute("SELECT count(*) FROM revisions").fetchone()[0])
-        rows = self._db.execute(
-            "SELECT revision, applied_at, policy, slots FROM revisions "
-            "ORDER BY revision DESC LIMIT ? OFFSET ?",
+        """A page of revisions (snapshots and journal records), newest first, and the total."""
+        union = "SELECT revision FROM revisions UNION ALL SELECT revision FROM changes"
+        total = int(self._db.execute(f"SELECT count(*) FROM ({union})").fetchone()[0])
+        revs = self._db.execute(
+            f"SELECT revision FROM ({union}) ORDER BY revision DESC LIMIT ? OFFSET ?",
             (limit, offset),
         ).fetchall()
-        return [self._decode(r) for r in rows], total
+        page = [self.get(int(r)) for (r,) in revs]
+        return [p for p in page if p is not None], total
 
     def _decode(self, row: tuple[object, ...]) -> StoredPolicy:
+        """One snapshot row (no journal replay)."""
         revision, applied_at, policy, slots = row
         try:
             return StoredPolicy(
@@ -101,7 +140,7 @@ class SqliteStore:
                 slots={str(k): int(v) for k, v in json.loads(str(slots)).items()},
                 applied_at=float(applied_at),  # type: ignore[arg-type]
             )
-        except (ValueError, FwdError) as e:
+        except (ValueError, KeyError, TypeError, FwdError) as e:
             raise StoreError(f"{self.path}: revision {revision} is unreadable: {e}") from e
 
     def save(self, revision: int, policy: Policy, slots: dict[str, int]) -> None:
@@ -109,6 +148,15 @@ class SqliteStore:
             self._db.execute(
                 "INSERT INTO revisions (revision, applied_at, policy, slots) VALUES (?, ?, ?, ?)",
                 (revision, time.time(), json.dumps(policy_to_dict(policy)), json.dumps(slots)),
+            )
+            # Journal records before it stay: they are the history of the
+            # revisions between snapshots (fwd policy history / rollback).
+
+    def save_change(self, revision: int, change: Mapping[str, Any]) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT INTO changes (revision, applied_at, change) VALUES (?, ?, ?)",
+                (revision, time.time(), json.dumps(change)),
             )
 
     def close(self) -> None:
@@ -133,6 +181,11 @@ class MemoryStore:
 
     def save(self, revision: int, policy: Policy, slots: dict[str, int]) -> None:
         self._revisions[revision] = StoredPolicy(revision, policy, dict(slots), time.time())
+
+    def save_change(self, revision: int, change: Mapping[str, Any]) -> None:
+        latest = self.latest() or StoredPolicy(0, Policy(), {}, 0.0)
+        policy, slots = replay(latest.policy, latest.slots, change)
+        self._revisions[revision] = StoredPolicy(revision, policy, slots, time.time())
 
     def close(self) -> None:
         pass

@@ -123,8 +123,10 @@ class FakeDatapath:
                         command.reply,
                         self.apply(ApplyPolicy(old, command.expect_revision, command.reply)),
                     )
-            else:
+            elif isinstance(command, ApplyPolicy):
                 await _answer(command.reply, self.apply(command))
+            else:  # rule and set commands are not faked: the reply closes unanswered
+                command.reply.close()
 
     def apply(self, command: ApplyPolicy) -> Reply[Applied]:
         """The answer to an ApplyPolicy (no I/O), updating the in-memory state."""

@@ -1,14 +1,17 @@
 """The Datapath actor: the only writer of BPF maps.
 
-It owns the enforced policy, its revision and the rule-id -> counter-slot
-table. Commands arrive on one channel and are handled one at a time, so an
-apply is never interleaved with another apply or a counter read.
+It owns the enforced policy, its revision, the rule-id -> counter-slot table
+and the map contents (an ``Engine``). Commands arrive on one channel and are
+handled one at a time, so a change is never interleaved with another change
+or a counter read. Every change is: check the expected revision, prepare it
+(pure, in ``Engine``), persist it, commit it to the kernel (one generation
+flip), then keep it (``Pending.finish``) or roll it back (``Pending.abort``).
 """
 
 from __future__ import annotations
 
 import contextlib
-
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,24 +24,34 @@ from fwd.bpf import abi
 from fwd.dataplane import Dataplane
 from fwd.errors import FwdError, PolicyError, RevisionMismatch
 from fwd.messages import (
+    AddRule,
     Applied,
     ApplyPolicy,
     ApplyRevision,
     DatapathCommand,
+    DeleteRule,
     GetHistory,
-    HistoryEntry,
     GetPolicy,
+    HistoryEntry,
     GetStats,
     LinkChange,
     LinkEvent,
+    ListRules,
+    ListSetElements,
+    ListSets,
     Reply,
+    RulePage,
     RuleSlot,
     RuleStats,
-    SlotNames,
     RuleTable,
+    SetAddElements,
+    SetElementsPage,
+    SetInfo,
+    SetRemoveElements,
+    SlotNames,
 )
-from fwd.policy.compiler import assign_slots, fresh_slots
-from fwd.policy.model import EMPTY_POLICY, Action, Policy
+from fwd.policy.engine import Engine, Pending
+from fwd.policy.model import EMPTY_POLICY, Action, NamedSet, Policy
 from fwd.store import Store
 
 log = structlog.get_logger("fwd.datapath")
@@ -48,6 +61,7 @@ RESERVED_SLOTS = {
     abi.SLOT_MALFORMED: "(malformed)",
     abi.SLOT_NON_IP: "(non-ip)",
 }
+MAX_PAGE = 10_000
 
 
 @dataclass
@@ -55,23 +69,18 @@ class DatapathStatistics:
     applies: int = 0
     failed_applies: int = 0
     recompiles: int = 0
+    rule_changes: int = 0
+    set_changes: int = 0
     revision: int = 0
     entries: int = 0
     tuples: int = 0
-    # Rule id -> counter slot of the enforced policy, for the metrics collector.
+    # The enforced policy's rule -> slot table for the metrics collector: replaced
+    # whole on each change, so another thread reads one revision's table or the next.
     table: RuleTable = field(default_factory=RuleTable)
 
 
-@dataclass
-class _State:
-    revision: int = 0
-    policy: Policy = EMPTY_POLICY
-    slots: dict[str, int] = field(default_factory=dict)
-    ifindexes: dict[str, int] = field(default_factory=dict)
-
-
 def rule_table(policy: Policy, revision: int, slots: dict[str, int]) -> RuleTable:
-    """The slot of every rule of ``policy`` (built once per install, read at scrape time)."""
+    """The slot of every rule of ``policy`` (built once per change, read at scrape time)."""
     return RuleTable(
         revision=revision,
         default_action=policy.default_action.value,
@@ -81,22 +90,24 @@ def rule_table(policy: Policy, revision: int, slots: dict[str, int]) -> RuleTabl
 
 
 class Datapath:
-    """Compiles policies and installs them atomically; answers GetPolicy / GetStats."""
+    """Enforces policies and incremental changes atomically; answers reads."""
 
     def __init__(
         self,
         dataplane: Dataplane,
         store: Store,
+        engine: Engine | None = None,
         names: MemoryObjectSendStream[SlotNames] | None = None,
     ) -> None:
         self._dp = dataplane
         self._store = store
         self._names = names  # the slot -> rule id table goes to the Events actor
-        self._state = _State()
+        self._engine = engine or Engine()
         self._stats = DatapathStatistics()
-        # Applies from the command loop and recompiles after link changes both
-        # install; the lock keeps them one at a time. Installs run in a worker
-        # thread so compiling a large policy never stalls the event loop.
+        self._sorted: tuple[NamedSet, list[str]] | None = None  # ListSetElements cache
+        # Commands and recompiles after link changes both change the maps; the
+        # lock keeps them one at a time. The work runs in a worker thread so
+        # compiling a large policy never stalls the event loop.
         self._lock = anyio.Lock()
 
     def statistics(self) -> DatapathStatistics:
@@ -111,11 +122,12 @@ class Datapath:
     ) -> None:
         """Enforce the stored policy, report started, then serve commands and link changes."""
         stored = await anyio.to_thread.run_sync(self._store.latest)
+        e = self._engine
         if stored is not None:
-            await self._install(stored.policy, stored.revision, stored.slots)
+            await self._change(lambda: e.apply(stored.policy, stored.revision, stored.slots))
             log.info("policy_restored", revision=stored.revision, rules=len(stored.policy.rules))
         else:
-            await self._install(EMPTY_POLICY, 0, {})
+            await self._change(lambda: e.apply(EMPTY_POLICY, 0, {}))
         task_status.started()
         async with anyio.create_task_group() as tg, commands, links:
             tg.start_soon(self._follow_links, links)
@@ -124,9 +136,9 @@ class Datapath:
             tg.cancel_scope.cancel()
 
     async def _follow_links(self, links: MemoryObjectReceiveStream[LinkEvent]) -> None:
-        """Keep interface name -> ifindex current; recompile when interface rules need it."""
+        """Keep interface name -> ifindex current; recompile (a diff) when rules need it."""
         async for event in links:
-            names = dict(self._state.ifindexes)
+            names = dict(self._engine.ifindexes)
             if event.change is LinkChange.RESYNC:
                 names = {li.name: li.ifindex for li in event.links}
             elif event.link is not None and event.change is LinkChange.ADDED:
@@ -134,27 +146,51 @@ class Datapath:
                 names[event.link.name] = event.link.ifindex
             elif event.link is not None:
                 names = {n: i for n, i in names.items() if i != event.link.ifindex}
-            old = self._state.ifindexes
-            self._state.ifindexes = names
-            if names != old and any(r.interfaces for r in self._state.policy.rules):
-                try:
-                    await self._install(
-                        self._state.policy, self._state.revision, self._state.slots
-                    )
+            try:
+                if await self._change(lambda: self._engine.relink(names)):
                     self._stats.recompiles += 1
-                except FwdError as e:
-                    log.error("recompile_failed", revision=self._state.revision, error=str(e))
+            except FwdError as e:
+                log.error("recompile_failed", revision=self._engine.revision, error=str(e))
 
     async def _handle(self, command: DatapathCommand) -> None:
         reply: Any
+        e = self._engine
         if isinstance(command, ApplyPolicy):
-            reply = await self._apply(command)
+            reply = await self._mutate(command.expect_revision, lambda: e.apply(command.policy))
+            self._count(reply, "applies")
+        elif isinstance(command, AddRule):
+            reply = await self._mutate(
+                command.expect_revision, lambda: self._add_rule(command), "rule_added"
+            )
+            self._count(reply, "rule_changes")
+        elif isinstance(command, DeleteRule):
+            reply = await self._mutate(
+                command.expect_revision, lambda: e.delete_rule(command.rule_id), "rule_deleted"
+            )
+            self._count(reply, "rule_changes")
+        elif isinstance(command, (SetAddElements, SetRemoveElements)):
+            adding = isinstance(command, SetAddElements)
+            elements = command.elements
+            reply = await self._mutate(
+                command.expect_revision,
+                lambda: e.change_set(command.set_name, elements if adding else (),
+                                     () if adding else elements),  # fmt: skip
+                "set_changed",
+            )
+            self._count(reply, "set_changes")
         elif isinstance(command, GetPolicy):
-            reply = Reply(Applied(self._state.revision, self._state.policy))
+            reply = Reply(Applied(e.revision, e.policy))
         elif isinstance(command, GetStats):
             reply = Reply(self._read_stats())
+        elif isinstance(command, ListRules):
+            reply = self._list_rules(command)
+        elif isinstance(command, ListSets):
+            reply = Reply(tuple(SetInfo(s.name, s.type, len(s)) for s in e.policy.sets))
+        elif isinstance(command, ListSetElements):
+            reply = self._list_set_elements(command)
         elif isinstance(command, ApplyRevision):
             reply = await self._apply_revision(command)
+            self._count(reply, "applies")
         elif isinstance(command, GetHistory):
             reply = await self._history(command)
         else:  # pragma: no cover - the channel's type forbids it
@@ -168,14 +204,22 @@ class Datapath:
 
     async def _apply_revision(self, cmd: ApplyRevision) -> Reply[Applied]:
         """A rollback: the stored policy of ``cmd.revision`` becomes a new revision."""
-        stored = await anyio.to_thread.run_sync(self._store.get, cmd.revision)
+        try:
+            stored = await anyio.to_thread.run_sync(self._store.get, cmd.revision)
+        except FwdError as e:
+            return Reply(error=e)
         if stored is None:
             return Reply(error=PolicyError("revision", f"no revision {cmd.revision} is stored"))
-        log.info("policy_rollback", revision=self._state.revision, to_revision=cmd.revision)
-        return await self._apply(ApplyPolicy(stored.policy, cmd.expect_revision, cmd.reply))
+        log.info("policy_rollback", revision=self._engine.revision, to_revision=cmd.revision)
+        return await self._mutate(cmd.expect_revision, lambda: self._engine.apply(stored.policy))
 
     async def _history(self, cmd: GetHistory) -> Reply[tuple[tuple[HistoryEntry, ...], int]]:
-        page, total = await anyio.to_thread.run_sync(self._store.history, cmd.offset, cmd.limit)
+        try:
+            page, total = await anyio.to_thread.run_sync(
+                self._store.history, cmd.offset, cmd.limit
+            )
+        except FwdError as e:
+            return Reply(error=e)
         entries = tuple(
             HistoryEntry(
                 s.revision,
@@ -188,63 +232,106 @@ class Datapath:
         )
         return Reply((entries, total))
 
-    async def _apply(self, cmd: ApplyPolicy) -> Reply[Applied]:
-        current = self._state.revision
-        if cmd.expect_revision is not None and cmd.expect_revision != current:
+    def _count(self, reply: Reply[Applied], what: str) -> None:
+        if reply.error is None:
+            setattr(self._stats, what, getattr(self._stats, what) + 1)
+        elif what == "applies":
             self._stats.failed_applies += 1
-            return Reply(error=RevisionMismatch(cmd.expect_revision, current))
-        revision = current + 1
-        try:
-            slots = assign_slots(self._state.slots, [r.id for r in cmd.policy.rules])
-            # Persist first: an agent restarted after the flip must come back
-            # with this revision, never an older one.
-            await self._install(cmd.policy, revision, slots, persist_first=True)
-        except FwdError as e:
-            self._stats.failed_applies += 1
-            log.warning("apply_refused", revision=current, error=str(e))
-            return Reply(error=e)
-        self._stats.applies += 1
-        log.info(
-            "policy_applied",
-            revision=revision,
-            rules=len(cmd.policy.rules),
-            default_action=cmd.policy.default_action.value,
-            dry_run=cmd.policy.dry_run,
-        )
-        return Reply(Applied(revision, cmd.policy))
 
-    async def _install(
-        self, policy: Policy, revision: int, slots: dict[str, int], persist_first: bool = False
-    ) -> None:
+    def _add_rule(self, cmd: AddRule) -> Pending:
+        e = self._engine
+        anchor = cmd.before_id or cmd.after_id
+        if anchor is not None:
+            index = e.index_of(anchor)
+            if index is None:
+                field = "before_id" if cmd.before_id else "after_id"
+                raise PolicyError(field, f"no rule with id {anchor!r}")
+            index += 0 if cmd.before_id else 1
+        else:
+            index = len(e.policy.rules) if cmd.position is None else cmd.position
+        return e.add_rule(cmd.rule, index)
+
+    async def _mutate(
+        self,
+        expect_revision: int | None,
+        prepare: Callable[[], Pending | None],
+        event: str = "policy_applied",
+    ) -> Reply[Applied]:
+        current = self._engine.revision
+        if expect_revision is not None and expect_revision != current:
+            return Reply(error=RevisionMismatch(expect_revision, current))
+        try:
+            await self._change(prepare, persist=True)
+        except FwdError as e:
+            log.warning("change_refused", revision=current, error=str(e))
+            return Reply(error=e)
+        log.info(event, revision=self._engine.revision,
+                 rules=len(self._engine.policy.rules))  # fmt: skip
+        return Reply(Applied(self._engine.revision, self._engine.policy))
+
+    async def _change(self, prepare: Callable[[], Pending | None], persist: bool = False) -> bool:
         async with self._lock:
-            await anyio.to_thread.run_sync(
-                self._install_sync, policy, revision, slots, persist_first
-            )
-        if self._names is not None:  # on the loop: memory streams are not thread-safe
+            changed = await anyio.to_thread.run_sync(self._change_sync, prepare, persist)
+        if changed and self._names is not None:  # on the loop: memory streams are not thread-safe
+            slots = self._engine.slots
             table = [*RESERVED_SLOTS.items(), *((s, rid) for rid, s in slots.items())]
             # Unbounded channel: never blocks; a closed one means Events is gone (shutdown).
             with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._names.send_nowait(SlotNames(revision, tuple(table)))
+                self._names.send_nowait(SlotNames(self._engine.revision, tuple(table)))
+        return changed
 
-    def _install_sync(
-        self, policy: Policy, revision: int, slots: dict[str, int], persist_first: bool
-    ) -> None:
-        compiled = self._dp.compile(
-            policy, revision, slots=slots, ifindexes=self._state.ifindexes
-        )
-        if persist_first:
-            self._store.save(revision, policy, slots)
-        self._dp.install(compiled, revision, fresh_slots(self._state.slots, slots))
-        self._state.policy, self._state.revision, self._state.slots = policy, revision, slots
+    def _change_sync(self, prepare: Callable[[], Pending | None], persist: bool) -> bool:
+        pending = prepare()
+        if pending is None:
+            return False
+        revision = pending.commit.revision
+        try:
+            if persist:
+                # Persist first: an agent restarted after the flip must come back
+                # with this revision, never an older one.
+                if pending.change is not None:
+                    self._store.save_change(revision, pending.change)
+                else:
+                    assert pending.slots is not None
+                    self._store.save(revision, pending.policy, dict(pending.slots))
+            self._dp.commit(pending.commit)
+        except BaseException:
+            pending.abort()
+            raise
+        pending.finish()
+        self._stats.table = rule_table(self._engine.policy, revision, dict(self._engine.slots))
         self._stats.revision = revision
-        self._stats.entries = compiled.count
-        self._stats.tuples = len(compiled.tuples)
-        self._stats.table = rule_table(policy, revision, slots)
+        self._stats.entries = len(self._engine.classifier.entries)
+        self._stats.tuples = self._engine.classifier.tuple_count()
+        return True
+
+    def _list_rules(self, cmd: ListRules) -> Reply[RulePage]:
+        e = self._engine
+        if cmd.offset < 0 or not 0 < cmd.limit <= MAX_PAGE:
+            return Reply(error=PolicyError("limit", f"offset >= 0 and limit 1-{MAX_PAGE}"))
+        rules = e.policy.rules
+        page = rules[cmd.offset : cmd.offset + cmd.limit]
+        return Reply(RulePage(e.revision, cmd.offset, len(rules), page))
+
+    def _list_set_elements(self, cmd: ListSetElements) -> Reply[SetElementsPage]:
+        e = self._engine
+        named = e.policy.set_named(cmd.set_name)
+        if named is None:
+            return Reply(error=PolicyError("set", f"no set named {cmd.set_name!r}"))
+        if cmd.offset < 0 or not 0 < cmd.limit <= MAX_PAGE:
+            return Reply(error=PolicyError("limit", f"offset >= 0 and limit 1-{MAX_PAGE}"))
+        # Sorting a big set once per version, not once per page.
+        if self._sorted is None or self._sorted[0] is not named:
+            self._sorted = (named, named.elements())
+        elements = self._sorted[1]
+        page = tuple(elements[cmd.offset : cmd.offset + cmd.limit])
+        return Reply(SetElementsPage(e.revision, cmd.set_name, cmd.offset, len(elements), page))
 
     def _read_stats(self) -> tuple[RuleStats, ...]:
-        policy = self._state.policy
-        by_slot = {self._state.slots[r.id]: r for r in policy.rules}
-        counters = self._dp.read_counters(list(RESERVED_SLOTS) + list(by_slot))
+        e = self._engine
+        policy = e.policy
+        slots = e.slots
+        counters = self._dp.read_counters(list(RESERVED_SLOTS) + [slots[r.id] for r in policy.rules])
         out: list[RuleStats] = []
         for slot, name in RESERVED_SLOTS.items():
             c = counters[slot]
@@ -264,7 +351,7 @@ class Datapath:
                 )
             )
         for rule in policy.rules:
-            c = counters[self._state.slots[rule.id]]
+            c = counters[slots[rule.id]]
             out.append(
                 RuleStats(
                     rule.id,

@@ -9,6 +9,11 @@ from __future__ import annotations
 import ctypes
 
 MAX_TUPLES = 256
+MAX_TUPLE_IDS = 1024
+MAX_SETS = 16
+MAX_SET_REFS = 16
+DEFAULT_SET_ENTRIES = 2097152
+PRIO_ABSENT = 0xFFFFFFFF
 MAX_SLOTS = 131072
 DEFAULT_RULE_ENTRIES = 1048576
 MAX_VLAN = 2
@@ -28,6 +33,9 @@ L4_ICMP = 1 << 1
 L4_FRAG = 1 << 2
 L4_LATER_FRAG = 1 << 3
 L4_IPV6 = 1 << 4
+
+DIR_SRC = 0
+DIR_DST = 1
 
 SLOT_DEFAULT = 0
 SLOT_MALFORMED = 1
@@ -55,6 +63,7 @@ EVENT_CONFIG_MAP = ".rodata.events"
 
 U8x16 = ctypes.c_uint8 * 16
 U64x3 = ctypes.c_uint64 * 3
+U8xSETS = ctypes.c_uint8 * MAX_SET_REFS
 
 
 class Key(ctypes.Structure):
@@ -67,6 +76,8 @@ class Key(ctypes.Structure):
         ("dst", U8x16),
         ("sport", ctypes.c_uint16),
         ("dport", ctypes.c_uint16),
+        ("src_sets", ctypes.c_uint16),
+        ("dst_sets", ctypes.c_uint16),
         ("proto", ctypes.c_uint8),
         ("tcp_flags", ctypes.c_uint8),
         ("l4", ctypes.c_uint8),
@@ -83,16 +94,19 @@ class Tuple(ctypes.Structure):
         ("dst_mask", U8x16),
         ("sport_mask", ctypes.c_uint16),
         ("dport_mask", ctypes.c_uint16),
+        ("src_sets_mask", ctypes.c_uint16),
+        ("dst_sets_mask", ctypes.c_uint16),
         ("proto_mask", ctypes.c_uint8),
         ("tcp_flags_mask", ctypes.c_uint8),
         ("l4_mask", ctypes.c_uint8),
         ("pad", ctypes.c_uint8),
+        ("tuple_id", ctypes.c_uint32),
         ("min_prio", ctypes.c_uint32),
     ]
 
 
 class Verdict(ctypes.Structure):
-    """struct fwd_verdict: value of the fwd_rules hash map."""
+    """struct fwd_verdict: one generation's verdict of an entry."""
 
     _fields_ = [
         ("prio", ctypes.c_uint32),
@@ -100,6 +114,22 @@ class Verdict(ctypes.Structure):
         ("action", ctypes.c_uint8),
         ("flags", ctypes.c_uint8),
         ("pad", ctypes.c_uint16),
+    ]
+
+
+class Entry(ctypes.Structure):
+    """struct fwd_entry: value of the fwd_rules hash map (a verdict per generation)."""
+
+    _fields_ = [("v", Verdict * 2)]
+
+
+class SetKey(ctypes.Structure):
+    """struct fwd_set_key: key of the fwd_sets LPM trie."""
+
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("tag", ctypes.c_uint32),
+        ("addr", U8x16),
     ]
 
 
@@ -120,8 +150,11 @@ class GenConfig(ctypes.Structure):
         ("ntuples", ctypes.c_uint32),
         ("default_action", ctypes.c_uint8),
         ("flags", ctypes.c_uint8),
-        ("pad", ctypes.c_uint16),
+        ("nsets", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
         ("revision", ctypes.c_uint64),
+        ("set_ids", U8xSETS),
+        ("set_dirs", U8xSETS),
     ]
 
 
@@ -192,6 +225,8 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
     "fwd_key": Key,
     "fwd_tuple": Tuple,
     "fwd_verdict": Verdict,
+    "fwd_entry": Entry,
+    "fwd_set_key": SetKey,
     "fwd_live": Live,
     "fwd_gen_config": GenConfig,
     "fwd_counter": Counter,

@@ -1,55 +1,338 @@
-"""Compile a Policy into tuple-space-search map contents (pure: no kernel, no I/O).
+"""Tuple-space contents of a policy, kept incrementally (pure: no kernel, no I/O).
 
-The layout and its semantics are bpf/README.md "Classification": every rule is
-the cross product of its source and destination prefixes (mixed families
-skipped), its port ranges split into aligned prefix blocks and its interfaces;
-each combination is one ``(mask, masked key) -> verdict`` entry; entries with
-the same mask form a tuple. The rule at position p has priority p, so the
-first matching rule wins.
+A ``Classifier`` holds what the data plane's maps hold for one policy: the
+entries ``key -> owning priority`` (keys carry a stable tuple id), the
+verdict of each priority, and per tuple how many entries each priority owns.
+Rules are added and removed one at a time (AddRule / DeleteRule touch only
+that rule's entries) or a whole policy is built into a ``successor`` and
+``diff``-ed against the live one. Either way the result is a list of changed
+keys with their old and new verdicts: the Dataplane writes exactly those.
 
-The output is packed bytes ready for ``bpf_map_update_batch``: building a
-ctypes object per entry costs ~10x more than ``struct.pack`` at 100,000 rules.
+Priorities are sparse (``PRIO_SPACING`` apart) so a rule inserted between two
+others takes the midpoint and nothing else changes; ``assign_prios`` says when
+a renumbering (a whole-policy diff) is needed. When two rules produce the same
+key, the lower priority owns the entry and the other is remembered in a small
+shadow list, so deleting the owner hands the entry to the next rule.
+
+Output is packed bytes ready for ``bpf_map_update_batch``.
 """
 
 from __future__ import annotations
 
+import bisect
 import ctypes
-import ipaddress
 import struct
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 
 from fwd.bpf import abi
-from fwd.errors import CapacityError, PolicyError
-from fwd.policy.model import Action, IPNetwork, Policy, PortRange, Rule
+from fwd.errors import CapacityError
+from fwd.policy.expand import (
+    ABSENT,
+    ADDR_MASKS,
+    VERDICT,
+    Context,
+    Sig,
+    Val,
+    expand,
+    port_blocks,
+    set_refs,
+    verdict,
+)
+from fwd.policy.model import Policy, Rule
 
-# Native byte order, no implicit padding: the field order of struct fwd_key / _tuple / _verdict.
-_KEY = struct.Struct("=II16s16sHHBBBB")
-_TUPLE = struct.Struct("=I16s16sHHBBBBI")
-_VERDICT = struct.Struct("=IIBBH")
-for _packer, _ctype in ((_KEY, abi.Key), (_TUPLE, abi.Tuple), (_VERDICT, abi.Verdict)):
+__all__ = [
+    "ABSENT", "ADDR_MASKS", "Change", "Classifier", "Context", "KEY", "PRIO_SPACING", "TUPLE",
+    "VERDICT", "assign_prios", "assign_slots", "between", "build", "diff", "fresh_slots",
+    "port_blocks",
+]  # fmt: skip
+
+# Native byte order, no implicit padding: the field order of struct fwd_key / fwd_tuple.
+KEY = struct.Struct("=II16s16sHHHHBBBB")
+TUPLE = struct.Struct("=I16s16sHHHHBBBBII")
+for _packer, _ctype in ((KEY, abi.Key), (TUPLE, abi.Tuple), (VERDICT, abi.Verdict)):
     if _packer.size != ctypes.sizeof(_ctype):  # pragma: no cover - caught by test_compiler
         raise RuntimeError(f"{_ctype.__name__}: struct size {_packer.size} != ctypes size")
 
-KEY_SIZE = _KEY.size
-VERDICT_SIZE = _VERDICT.size
+PRIO_SPACING = 4096
+MAX_PRIO = abi.PRIO_ABSENT - 1
 DEFAULT_MAX_ENTRIES = abi.DEFAULT_RULE_ENTRIES // 2
-"""Entries of one generation: the hash holds both while an apply is in flight."""
+"""Entries of one policy: the hash holds the union of two while an apply is in flight."""
 
-_ZERO16 = bytes(16)
-_V4_MAPPED = bytes(10) + b"\xff\xff"
-_ALL128 = (1 << 128) - 1
-# Address mask bytes by prefix length (0-128) over the 16-byte IPv4-mapped address.
-ADDR_MASKS: tuple[bytes, ...] = tuple(
-    (_ALL128 ^ ((1 << (128 - n)) - 1)).to_bytes(16, "big") for n in range(129)
-)
-
-# (prefix length over 128 bits, 16-byte value, IP version or 0 for "any")
-_Addr = tuple[int, bytes, int]
-_ANY_ADDR: list[_Addr] = [(0, _ZERO16, 0)]
-_ANY_FIELD: list[tuple[int, int]] = [(0, 0)]  # (mask, value)
+Change = tuple[bytes, bytes | None, bytes | None]
+"""(key, verdict before, verdict after); None = absent."""
 
 
+def _pack_key(tid: int, v: Val) -> bytes:
+    ifindex, src, dst, sp, dp, ss, ds, proto, tf, l4 = v
+    return KEY.pack(tid, ifindex, src, dst, sp, dp, ss, ds, proto, tf, l4, 0)
+
+
+class Classifier:
+    """The tuple-space contents of one policy, changed rule by rule."""
+
+    def __init__(
+        self,
+        *,
+        max_tuples: int = abi.MAX_TUPLES,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        previous: Classifier | None = None,
+    ) -> None:
+        if not 0 < max_tuples <= abi.MAX_TUPLES:
+            raise ValueError(f"max_tuples must be 1-{abi.MAX_TUPLES}, not {max_tuples!r}")
+        self.max_tuples = max_tuples
+        self.max_entries = max_entries
+        self.entries: dict[bytes, int] = {}  # key -> owning prio
+        self.verdicts: dict[int, bytes] = {}  # prio -> packed verdict
+        self._shadow: dict[bytes, list[int]] = {}  # key -> other prios with it (sorted)
+        self._ids: dict[Sig, int] = {}  # tuple signature -> stable id
+        self._owned: dict[Sig, Counter[int]] = {}  # sig -> prio -> entries owned
+        self._min: dict[Sig, int] = {}  # cached min prio per sig
+        self._refs: Counter[tuple[int, int]] = Counter()  # (set id, dir) -> rules
+        self._before: dict[bytes, bytes | None] = {}  # verdicts before the pending changes
+        self._track = True  # off while ``build`` fills a fresh classifier
+        # Ids of the predecessor (still in the kernel until the commit): reused for
+        # the same signature, never handed to another one.
+        self._reuse: dict[Sig, int] = dict(previous._ids) if previous else {}
+        self._blocked: set[int] = set(previous._ids.values()) if previous else set()
+
+    # --- reading ---------------------------------------------------------------
+
+    def verdict_of(self, key: bytes) -> bytes | None:
+        prio = self.entries.get(key)
+        return None if prio is None else self.verdicts[prio]
+
+    def tuple_count(self) -> int:
+        return len(self._owned)
+
+    def set_refs(self) -> list[tuple[int, int]]:
+        """(set id, direction) pairs some rule needs, sorted."""
+        return sorted(ref for ref, n in self._refs.items() if n > 0)
+
+    def tuples(self) -> list[abi.Tuple]:
+        """The tuples, sorted by the lowest priority they hold (the kernel's order)."""
+        order = sorted(self._owned, key=self._min_prio)
+        out = []
+        for sig in order:
+            if_mask, s_plen, d_plen, sp, dp, ss, ds, proto, tf, l4 = sig
+            out.append(
+                abi.Tuple.from_buffer_copy(
+                    TUPLE.pack(if_mask, ADDR_MASKS[s_plen], ADDR_MASKS[d_plen], sp, dp, ss, ds,
+                               proto, tf, l4, 0, self._ids[sig], self._min_prio(sig))
+                )
+            )  # fmt: skip
+        return out
+
+    def _min_prio(self, sig: Sig) -> int:
+        cached = self._min.get(sig)
+        if cached is None:
+            cached = self._min[sig] = min(self._owned[sig])
+        return cached
+
+    # --- changing ----------------------------------------------------------------
+
+    def add_rule(self, rule: Rule, prio: int, slot: int, ctx: Context) -> None:
+        """Add ``rule``'s entries at ``prio`` (unused); CapacityError leaves nothing behind."""
+        if prio in self.verdicts:
+            raise ValueError(f"priority {prio} is taken")
+        pairs = expand(rule, ctx, self.max_entries)
+        self.verdicts[prio] = verdict(rule, prio, slot)
+        self._refs.update(set_refs(rule, ctx))
+        for sig, val in pairs:
+            self._add(sig, val, prio)
+        if len(self._owned) > self.max_tuples or len(self.entries) > self.max_entries:
+            self.remove_rule(rule, prio, ctx)
+            raise CapacityError(
+                f"rule {rule.id!r}: the policy would need {len(self._owned) + 0} distinct masks "
+                f"(limit {self.max_tuples}) and {len(self.entries)} entries "
+                f"(limit {self.max_entries})"
+            )
+
+    def remove_rule(self, rule: Rule, prio: int, ctx: Context) -> None:
+        """Remove the entries ``add_rule(rule, prio, ..., ctx)`` made."""
+        for sig, val in expand(rule, ctx, 1 << 62):
+            self._remove(sig, val, prio)
+        self._refs.subtract(set_refs(rule, ctx))
+        del self.verdicts[prio]
+
+    def _tid(self, sig: Sig) -> int:
+        tid = self._ids.get(sig)
+        if tid is not None:
+            return tid
+        tid = self._reuse.get(sig)
+        used = set(self._ids.values())
+        if tid is None or tid in used:
+            taken = used | self._blocked
+            tid = next((i for i in range(abi.MAX_TUPLE_IDS) if i not in taken), None)
+            if tid is None:  # pragma: no cover - 2 x MAX_TUPLES < MAX_TUPLE_IDS
+                raise CapacityError("no free tuple id")
+        self._ids[sig] = tid
+        return tid
+
+    def _touch(self, key: bytes) -> None:
+        if self._track and key not in self._before:
+            self._before[key] = self.verdict_of(key)
+
+    def _add(self, sig: Sig, val: Val, prio: int) -> None:
+        key = _pack_key(self._tid(sig), val)
+        cur = self.entries.get(key)
+        if cur is not None and cur < prio:
+            bisect.insort(self._shadow.setdefault(key, []), prio)
+            return
+        self._touch(key)
+        self.entries[key] = prio
+        owned = self._owned.setdefault(sig, Counter())
+        owned[prio] += 1
+        if cur is not None:  # prio takes the entry over from a later rule
+            bisect.insort(self._shadow.setdefault(key, []), cur)
+            self._disown(sig, cur)
+        if sig in self._min and prio < self._min[sig]:
+            self._min[sig] = prio
+
+    def _remove(self, sig: Sig, val: Val, prio: int) -> None:
+        key = _pack_key(self._ids[sig], val)
+        if self.entries.get(key) != prio:
+            shadow = self._shadow[key]
+            shadow.remove(prio)
+            if not shadow:
+                del self._shadow[key]
+            return
+        self._touch(key)
+        self._disown(sig, prio)
+        rest = self._shadow.get(key)
+        if rest:  # the next rule with the same key takes over
+            nxt = rest.pop(0)
+            if not rest:
+                del self._shadow[key]
+            self.entries[key] = nxt
+            self._owned.setdefault(sig, Counter())[nxt] += 1
+            self._min.pop(sig, None)
+        else:
+            del self.entries[key]
+            if sig not in self._owned:
+                # The id stays blocked until the commit: the live generation still uses it.
+                self._blocked.add(self._ids.pop(sig))
+
+    def _disown(self, sig: Sig, prio: int) -> None:
+        owned = self._owned[sig]
+        owned[prio] -= 1
+        if owned[prio] == 0:
+            del owned[prio]
+            if self._min.get(sig) == prio:
+                del self._min[sig]
+            if not owned:
+                del self._owned[sig]
+                self._min.pop(sig, None)
+
+    def take_changes(self) -> list[Change]:
+        """The entries whose verdict differs from before the last ``take_changes``."""
+        out = []
+        for key, before in self._before.items():
+            after = self.verdict_of(key)
+            if after != before:
+                out.append((key, before, after))
+        self._before = {}
+        return out
+
+    def settle(self) -> None:
+        """The kernel holds exactly this classifier now: retired ids may be reused."""
+        self._reuse = {}
+        self._blocked = set()
+
+
+def diff(old: Classifier, new: Classifier) -> list[Change]:
+    """Every key whose verdict differs between two classifiers (a whole-policy apply)."""
+    out: list[Change] = []
+    old_entries, old_v = old.entries, old.verdicts
+    new_v = new.verdicts
+    for key, prio in new.entries.items():
+        before_prio = old_entries.get(key)
+        after = new_v[prio]
+        before = None if before_prio is None else old_v[before_prio]
+        if before != after:
+            out.append((key, before, after))
+    new_entries = new.entries
+    for key, prio in old_entries.items():
+        if key not in new_entries:
+            out.append((key, old_v[prio], None))
+    return out
+
+
+def assign_prios(previous: Mapping[str, int], rule_ids: Sequence[str]) -> list[int]:
+    """Priorities for ``rule_ids`` in order, keeping previous ones where the order allows.
+
+    An id keeps its previous priority while those still increase in the new
+    order; the other ids are spread evenly between their neighbours. When a
+    gap is too small every rule is renumbered ``PRIO_SPACING`` apart.
+    """
+    n = len(rule_ids)
+    fixed: list[int | None] = [None] * n
+    last = -1
+    for i, rule_id in enumerate(rule_ids):
+        p = previous.get(rule_id)
+        if p is not None and p > last:
+            fixed[i] = last = p
+    out: list[int] = []
+    lo, i = -1, 0
+    while i < n:
+        p = fixed[i]
+        if p is not None:
+            out.append(p)
+            lo, i = p, i + 1
+            continue
+        j = i
+        while j < n and fixed[j] is None:
+            j += 1
+        k = j - i
+        nxt = fixed[j] if j < n else None
+        hi = nxt if nxt is not None else lo + (k + 1) * PRIO_SPACING
+        step = (hi - lo) // (k + 1)
+        if step < 1 or hi > MAX_PRIO:
+            return [(m + 1) * PRIO_SPACING for m in range(n)]
+        out.extend(lo + step * (m + 1) for m in range(k))
+        lo, i = out[-1], j
+    return out
+
+
+def between(lo: int | None, hi: int | None) -> int | None:
+    """A priority strictly between two neighbours (None: no neighbour), or None if no gap."""
+    low = -1 if lo is None else lo
+    if hi is None:
+        p = low + PRIO_SPACING
+        return p if p <= MAX_PRIO else None
+    p = (low + hi) // 2
+    return p if low < p < hi else None
+
+
+def build(
+    policy: Policy,
+    prios: Sequence[int],
+    slots: Mapping[str, int],
+    ctx: Context,
+    previous: Classifier | None = None,
+    *,
+    max_tuples: int = abi.MAX_TUPLES,
+    max_entries: int = DEFAULT_MAX_ENTRIES,
+) -> Classifier:
+    """A classifier holding every rule of ``policy`` (a successor of ``previous``)."""
+    c = Classifier(max_tuples=max_tuples, max_entries=max_entries, previous=previous)
+    c._track = False
+    for rule, prio in zip(policy.rules, prios, strict=True):
+        pairs = expand(rule, ctx, max_entries)
+        c.verdicts[prio] = verdict(rule, prio, slots[rule.id])
+        c._refs.update(set_refs(rule, ctx))
+        for sig, val in pairs:
+            c._add(sig, val, prio)
+        if len(c.entries) > max_entries:
+            raise CapacityError(
+                f"rule {rule.id!r}: the policy needs more than {max_entries} map entries"
+            )
+    if len(c._owned) > max_tuples:
+        raise CapacityError(
+            f"the policy needs {len(c._owned)} distinct masks (tuples); the limit is {max_tuples}"
+        )
+    c._track = True
+    return c
 def assign_slots(
     previous: Mapping[str, int], rule_ids: Sequence[str], max_slots: int = abi.MAX_SLOTS
 ) -> dict[str, int]:
@@ -93,238 +376,3 @@ def fresh_slots(previous: Mapping[str, int], current: Mapping[str, int]) -> set[
     return {slot for rule_id, slot in current.items() if previous.get(rule_id) != slot}
 
 
-def port_blocks(first: int, last: int) -> list[tuple[int, int]]:
-    """Split the inclusive range first-last into the fewest aligned (value, mask) blocks."""
-    blocks = []
-    lo = first
-    while lo <= last:
-        size = lo & -lo if lo else 0x10000  # largest block aligned at lo
-        while lo + size - 1 > last:
-            size >>= 1
-        blocks.append((lo, 0xFFFF & ~(size - 1)))
-        lo += size
-    return blocks
-
-
-def _merge_ranges(ranges: Sequence[PortRange]) -> list[tuple[int, int]]:
-    """Overlapping or adjacent ranges merged: fewer blocks, same set of ports."""
-    merged: list[list[int]] = []
-    for r in sorted(ranges):
-        if merged and r.first <= merged[-1][1] + 1:
-            merged[-1][1] = max(merged[-1][1], r.last)
-        else:
-            merged.append([r.first, r.last])
-    return [(lo, hi) for lo, hi in merged]
-
-
-def _ports(ranges: Sequence[PortRange]) -> list[tuple[int, int]]:
-    if not ranges:
-        return _ANY_FIELD
-    if len(ranges) == 1:
-        r = ranges[0]
-        if r.first == r.last:
-            return [(0xFFFF, r.first)]
-        return [(mask, value) for value, mask in port_blocks(r.first, r.last)]
-    return [
-        (mask, value) for lo, hi in _merge_ranges(ranges) for value, mask in port_blocks(lo, hi)
-    ]
-
-
-def _addr(net: IPNetwork) -> _Addr:
-    if net.version == 4:
-        return (96 + net.prefixlen, _V4_MAPPED + net.network_address.packed, 4)
-    return (net.prefixlen, net.network_address.packed, 6)
-
-
-def _addrs(nets: Sequence[IPNetwork]) -> list[_Addr]:
-    if not nets:
-        return _ANY_ADDR
-    if len(nets) == 1:
-        return [_addr(nets[0])]
-    # Collapsing per family drops covered prefixes; the matched set is unchanged.
-    v4 = [n for n in nets if isinstance(n, ipaddress.IPv4Network)]
-    v6 = [n for n in nets if isinstance(n, ipaddress.IPv6Network)]
-    out = [_addr(n) for n in ipaddress.collapse_addresses(v4)]
-    out += [_addr(n) for n in ipaddress.collapse_addresses(v6)]
-    return out
-
-
-def _interfaces(rule: Rule, ifindexes: Mapping[str, int]) -> list[tuple[int, int]]:
-    if not rule.interfaces:
-        return _ANY_FIELD
-    found = sorted({ifindex for name, ifindex in ifindexes.items() if rule.matches_interface(name)})
-    return [(0xFFFFFFFF, ifindex) for ifindex in found]
-
-
-def _pairs(srcs: list[_Addr], dsts: list[_Addr]) -> int:
-    """Source/destination combinations left once mixed-family pairs are skipped."""
-    s4 = sum(1 for a in srcs if a[2] == 4)
-    s6 = sum(1 for a in srcs if a[2] == 6)
-    d4 = sum(1 for a in dsts if a[2] == 4)
-    d6 = sum(1 for a in dsts if a[2] == 6)
-    return len(srcs) * len(dsts) - s4 * d6 - s6 * d4
-
-
-@dataclass(frozen=True)
-class CompiledPolicy:
-    """One generation's map contents.
-
-    ``keys`` and ``values`` are ``count`` packed ``abi.Key`` / ``abi.Verdict``
-    structs back to back; ``tuples`` are sorted by ``min_prio`` and the i-th
-    one is map index ``gen * abi.MAX_TUPLES + i``.
-    """
-
-    gen: int
-    config: abi.GenConfig
-    tuples: list[abi.Tuple]
-    keys: bytes
-    values: bytes
-    count: int
-
-    def entries(self) -> Iterator[tuple[abi.Key, abi.Verdict]]:
-        """Each entry as ctypes structs (for tests and tools, not the apply path)."""
-        for i in range(self.count):
-            yield (
-                abi.Key.from_buffer_copy(self.keys, i * KEY_SIZE),
-                abi.Verdict.from_buffer_copy(self.values, i * VERDICT_SIZE),
-            )
-
-
-# A tuple's mask: (ifindex, src plen, dst plen, sport, dport, proto, l4).
-_Sig = tuple[int, int, int, int, int, int, int]
-# A masked key without its tuple index: (ifindex, src, dst, sport, dport, proto, l4).
-_Val = tuple[int, bytes, bytes, int, int, int, int]
-
-
-def compile_policy(
-    policy: Policy,
-    *,
-    gen: int,
-    slots: Mapping[str, int],
-    ifindexes: Mapping[str, int],
-    revision: int = 0,
-    max_tuples: int = abi.MAX_TUPLES,
-    max_entries: int = DEFAULT_MAX_ENTRIES,
-) -> CompiledPolicy:
-    """Compile ``policy`` into the contents of generation ``gen`` (0 or 1).
-
-    ``slots`` maps every rule id to its counter slot (see ``assign_slots``);
-    ``ifindexes`` maps interface names to ifindexes for the rules' globs.
-    Raises CapacityError when the policy needs more than ``max_tuples`` masks
-    or ``max_entries`` entries.
-    """
-    if gen not in (0, 1):
-        raise ValueError(f"gen must be 0 or 1, not {gen!r}")
-    if not 0 < max_tuples <= abi.MAX_TUPLES:
-        raise ValueError(f"max_tuples must be 1-{abi.MAX_TUPLES}, not {max_tuples!r}")
-    tuples: dict[_Sig, dict[_Val, int]] = {}
-    verdicts: list[bytes] = []
-    count = 0
-    for prio, rule in enumerate(policy.rules):
-        slot = slots.get(rule.id)
-        if slot is None:
-            raise PolicyError(f"rules[{prio}].id", f"no counter slot assigned to {rule.id!r}")
-        action = abi.ACT_DROP if rule.action is Action.DROP else abi.ACT_ALLOW
-        verdicts.append(_VERDICT.pack(prio, slot, action, abi.RULE_LOG if rule.log else 0, 0))
-        proto_mask, proto = (0, 0) if rule.protocol is None else (0xFF, rule.protocol)
-        # Any port constraint also requires the packet to carry ports (README, step 5).
-        l4 = abi.L4_PORTS if rule.src_ports or rule.dst_ports else 0
-        sports, dports = _ports(rule.src_ports), _ports(rule.dst_ports)
-        ifaces = _interfaces(rule, ifindexes)
-        srcs, dsts = _addrs(rule.src), _addrs(rule.dst)
-        # A rule's own entries are all distinct (prefixes collapsed, port ranges merged),
-        # so its expansion alone past the limit is an error: refuse before enumerating it.
-        expansion = len(srcs) * len(dsts) * len(sports) * len(dports) * len(ifaces)
-        if (
-            expansion > max_entries
-            and (expansion := _pairs(srcs, dsts) * len(sports) * len(dports) * len(ifaces))
-            > max_entries
-        ):
-            raise CapacityError(
-                f"rules[{prio}] ({rule.id!r}) expands to {expansion} map entries; "
-                f"the limit is {max_entries}"
-            )
-        for s_plen, s_val, s_ver in srcs:
-            for d_plen, d_val, d_ver in dsts:
-                if s_ver and d_ver and s_ver != d_ver:
-                    continue  # an IPv4 source never pairs with an IPv6 destination
-                for sp_mask, sp in sports:
-                    for dp_mask, dp in dports:
-                        for if_mask, ifindex in ifaces:
-                            # A rule with addresses matches their family only.
-                            ver = s_ver or d_ver
-                            fam_mask = abi.L4_IPV6 if ver else 0
-                            fam = abi.L4_IPV6 if ver == 6 else 0
-                            sig = (
-                                if_mask, s_plen, d_plen, sp_mask, dp_mask, proto_mask,
-                                l4 | fam_mask,
-                            )
-                            val = (ifindex, s_val, d_val, sp, dp, proto, l4 | fam)
-                            bucket = tuples.get(sig)
-                            if bucket is None:
-                                bucket = tuples[sig] = {}
-                            if val not in bucket:  # an earlier rule's identical key wins
-                                bucket[val] = prio
-                                count += 1
-        if count > max_entries:
-            raise CapacityError(
-                f"rules[{prio}] ({rule.id!r}): the policy needs more than {max_entries} map entries"
-            )
-    if len(tuples) > max_tuples:
-        raise CapacityError(
-            f"the policy needs {len(tuples)} distinct masks (tuples); the limit is {max_tuples}"
-        )
-    return _pack(policy, gen, revision, tuples, verdicts, count)
-
-
-def _pack(
-    policy: Policy,
-    gen: int,
-    revision: int,
-    tuples: dict[_Sig, dict[_Val, int]],
-    verdicts: list[bytes],
-    count: int,
-) -> CompiledPolicy:
-    # Rules were visited in order, so a bucket's first value is its lowest priority.
-    ordered = sorted(tuples.items(), key=lambda item: next(iter(item[1].values())))
-    key_parts: list[bytes] = []
-    value_parts: list[bytes] = []
-    tuple_structs: list[abi.Tuple] = []
-    pack_key = _KEY.pack
-    for index, (sig, bucket) in enumerate(ordered):
-        if_mask, s_plen, d_plen, sp_mask, dp_mask, proto_mask, l4_mask = sig
-        min_prio = next(iter(bucket.values()))
-        tuple_structs.append(
-            abi.Tuple.from_buffer_copy(
-                _TUPLE.pack(
-                    if_mask,
-                    ADDR_MASKS[s_plen],
-                    ADDR_MASKS[d_plen],
-                    sp_mask,
-                    dp_mask,
-                    proto_mask,
-                    0,
-                    l4_mask,
-                    0,
-                    min_prio,
-                )
-            )
-        )
-        tuple_id = gen * abi.MAX_TUPLES + index
-        for (ifindex, src, dst, sp, dp, proto, l4), prio in bucket.items():
-            key_parts.append(pack_key(tuple_id, ifindex, src, dst, sp, dp, proto, 0, l4, 0))
-            value_parts.append(verdicts[prio])
-    config = abi.GenConfig(
-        ntuples=len(ordered),
-        default_action=abi.ACT_DROP if policy.default_action is Action.DROP else abi.ACT_ALLOW,
-        flags=abi.GEN_DRY_RUN if policy.dry_run else 0,
-        revision=revision,
-    )
-    return CompiledPolicy(
-        gen=gen,
-        config=config,
-        tuples=tuple_structs,
-        keys=b"".join(key_parts),
-        values=b"".join(value_parts),
-        count=count,
-    )

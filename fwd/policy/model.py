@@ -8,48 +8,54 @@ from __future__ import annotations
 
 import enum
 import fnmatch
-import ipaddress
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fwd.errors import PolicyError
+from fwd.policy.fields import (
+    ICMP_PROTOCOLS,
+    PORT_PROTOCOLS,
+    PROTOCOL_NAMES,
+    PROTOCOLS,
+    IPNetwork,
+    PortRange,
+    TcpFlags,
+    parse_bool,
+    parse_byte,
+    parse_cidr,
+    parse_list,
+    parse_ports,
+    parse_protocol,
+    parse_tcp_flags,
+)
+from fwd.policy.sets import NamedSet, SetType, parse_sets, sets_to_dict
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-PROTOCOLS: dict[str, int] = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
-PROTOCOL_NAMES: dict[int, str] = {v: k for k, v in PROTOCOLS.items()}
-PORT_PROTOCOLS = frozenset({6, 17, 132})
+__all__ = [
+    "PROTOCOLS", "PROTOCOL_NAMES", "PORT_PROTOCOLS", "ICMP_PROTOCOLS", "IPNetwork", "PortRange",
+    "TcpFlags", "NamedSet", "SetType", "parse_cidr", "parse_ports", "parse_protocol",
+    "Action", "Rule", "Policy", "EMPTY_POLICY", "policy_from_dict", "policy_to_dict",
+    "rule_from_dict", "rule_to_dict", "check_rule_sets",
+]  # fmt: skip
 
 MAX_RULES = 131072 - 16  # counter slots minus the reserved ones (bpf/fwd.h)
 RULE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 IFACE_GLOB_RE = re.compile(r"^[A-Za-z0-9_.:*?\[\]!@-]{1,64}$")
-_DIGITS_RE = re.compile(r"^[0-9]{1,10}$")
 
-POLICY_KEYS = frozenset({"default_action", "dry_run", "rules"})
+POLICY_KEYS = frozenset({"default_action", "dry_run", "log_default", "sets", "rules"})
 RULE_KEYS = frozenset(
-    {"id", "action", "protocol", "src", "dst", "src_ports", "dst_ports", "interfaces", "log"}
-)
+    {
+        "id", "action", "protocol", "src", "dst", "src_ports", "dst_ports", "interfaces",
+        "log", "audit", "tcp_flags", "icmp_type", "icmp_code", "fragment",
+        "src_set", "dst_set", "src_port_set", "dst_port_set",
+    }
+)  # fmt: skip
 
 
 class Action(enum.Enum):
     ALLOW = "allow"
     DROP = "drop"
-
-
-@dataclass(frozen=True, order=True)
-class PortRange:
-    """An inclusive port range; a single port has first == last."""
-
-    first: int
-    last: int
-
-    def __str__(self) -> str:
-        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
-
-    def __contains__(self, port: object) -> bool:
-        return isinstance(port, int) and self.first <= port <= self.last
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,15 @@ class Rule:
     dst_ports: tuple[PortRange, ...] = ()
     interfaces: tuple[str, ...] = ()
     log: bool = False
+    audit: bool = False
+    tcp_flags: TcpFlags | None = None
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    fragment: bool | None = None  # True: fragments only; False: no fragments
+    src_set: str | None = None  # prefix sets
+    dst_set: str | None = None
+    src_port_set: str | None = None  # port sets
+    dst_port_set: str | None = None
 
     def matches_interface(self, name: str) -> bool:
         return not self.interfaces or any(fnmatch.fnmatchcase(name, g) for g in self.interfaces)
@@ -77,6 +92,14 @@ class Policy:
     default_action: Action = Action.ALLOW
     dry_run: bool = False
     rules: tuple[Rule, ...] = ()
+    log_default: bool = False
+    sets: tuple[NamedSet, ...] = ()
+
+    def set_named(self, name: str) -> NamedSet | None:
+        for s in self.sets:
+            if s.name == name:
+                return s
+        return None
 
 
 EMPTY_POLICY = Policy()
@@ -85,85 +108,11 @@ EMPTY_POLICY = Policy()
 # --- parsing -------------------------------------------------------------
 
 
-def _bool(value: Any, field: str) -> bool:
-    if not isinstance(value, bool):
-        raise PolicyError(field, f"must be true or false, not {value!r}")
-    return value
-
-
 def _action(value: Any, field: str) -> Action:
     try:
         return Action(value)
     except ValueError:
         raise PolicyError(field, f"unknown action {value!r} (allow | drop)") from None
-
-
-def _list(value: Any, field: str) -> Sequence[Any]:
-    if isinstance(value, (str, int)) and not isinstance(value, bool):
-        return [value]  # a lone value is a list of one
-    if not isinstance(value, (list, tuple)):
-        raise PolicyError(field, f"must be a list, not {type(value).__name__}")
-    if not value:
-        raise PolicyError(field, "must not be empty (leave the field out to match any)")
-    return value
-
-
-def parse_protocol(value: Any, field: str = "protocol") -> int:
-    if isinstance(value, bool):
-        raise PolicyError(field, f"invalid protocol {value!r}")
-    if isinstance(value, str):
-        name = value.strip().lower()
-        if name in PROTOCOLS:
-            return PROTOCOLS[name]
-        if _DIGITS_RE.match(name):
-            value = int(name)
-        else:
-            names = " | ".join(PROTOCOLS)
-            raise PolicyError(field, f"unknown protocol {value!r} ({names} | 0-255)")
-    if isinstance(value, int) and 0 <= value <= 255:
-        return value
-    raise PolicyError(field, f"invalid protocol {value!r} (must be a name or 0-255)")
-
-
-def parse_cidr(value: Any, field: str) -> IPNetwork:
-    if not isinstance(value, str):
-        raise PolicyError(field, f"must be a CIDR or address string, not {value!r}")
-    try:
-        net = ipaddress.ip_network(value.strip(), strict=False)
-    except ValueError:
-        raise PolicyError(field, f"invalid CIDR or address {value!r}") from None
-    if isinstance(net, ipaddress.IPv6Network) and net.network_address.scope_id:
-        # The data plane matches addresses only; a zone (fe80::1%eth0) would be ignored.
-        raise PolicyError(field, f"zone index not allowed in {value!r} (use interfaces)")
-    return net
-
-
-def _port(text: str, value: Any, field: str) -> int:
-    # ASCII digits only and bounded length: str.isdigit() accepts "²" and int() refuses
-    # strings past 4300 digits, both of which escaped as ValueError.
-    if not _DIGITS_RE.match(text.strip()):
-        raise PolicyError(field, f"invalid port {value!r}")
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise PolicyError(field, f"port {port} out of range 0-65535")
-    return port
-
-
-def parse_ports(value: Any, field: str) -> PortRange:
-    if isinstance(value, bool):
-        raise PolicyError(field, f"invalid port {value!r}")
-    if isinstance(value, int):
-        if not 0 <= value <= 65535:
-            raise PolicyError(field, f"port {value} out of range 0-65535")
-        return PortRange(value, value)
-    if not isinstance(value, str):
-        raise PolicyError(field, f"invalid port {value!r}")
-    first, sep, last = value.partition("-")
-    lo = _port(first, value, field)
-    hi = _port(last, value, field) if sep else lo
-    if lo > hi:
-        raise PolicyError(field, f"empty port range {value!r} (first > last)")
-    return PortRange(lo, hi)
 
 
 def _rule(raw: Any, field: str) -> Rule:
@@ -187,32 +136,64 @@ def _rule(raw: Any, field: str) -> Rule:
     if raw.get("protocol") is not None:
         protocol = parse_protocol(raw["protocol"], f"{field}.protocol")
 
+    def given(key: str) -> bool:
+        return raw.get(key) is not None
+
     def cidrs(key: str) -> tuple[IPNetwork, ...]:
-        if raw.get(key) is None:
+        if not given(key):
             return ()
-        items = _list(raw[key], f"{field}.{key}")
+        items = parse_list(raw[key], f"{field}.{key}")
         return tuple(parse_cidr(v, f"{field}.{key}[{i}]") for i, v in enumerate(items))
 
-    def ports(key: str) -> tuple[PortRange, ...]:
-        if raw.get(key) is None:
-            return ()
-        items = _list(raw[key], f"{field}.{key}")
-        parsed = tuple(parse_ports(v, f"{field}.{key}[{i}]") for i, v in enumerate(items))
+    def need_port_protocol(key: str) -> None:
         if protocol not in PORT_PROTOCOLS:
             raise PolicyError(f"{field}.{key}", "ports need protocol tcp, udp or sctp")
+
+    def ports(key: str) -> tuple[PortRange, ...]:
+        if not given(key):
+            return ()
+        items = parse_list(raw[key], f"{field}.{key}")
+        parsed = tuple(parse_ports(v, f"{field}.{key}[{i}]") for i, v in enumerate(items))
+        need_port_protocol(key)
         return parsed
+
+    def set_name(key: str) -> str | None:
+        if not given(key):
+            return None
+        name = raw[key]
+        if not isinstance(name, str) or not name:
+            raise PolicyError(f"{field}.{key}", f"must be a set name, not {name!r}")
+        return name
 
     src, dst = cidrs("src"), cidrs("dst")
     if src and dst and not {n.version for n in src} & {n.version for n in dst}:
         raise PolicyError(f"{field}.dst", "no address family in common with src")
     interfaces: tuple[str, ...] = ()
-    if raw.get("interfaces") is not None:
-        items = _list(raw["interfaces"], f"{field}.interfaces")
+    if given("interfaces"):
+        items = parse_list(raw["interfaces"], f"{field}.interfaces")
         for i, glob in enumerate(items):
             if not isinstance(glob, str) or not IFACE_GLOB_RE.match(glob):
                 raise PolicyError(f"{field}.interfaces[{i}]", f"invalid interface glob {glob!r}")
         interfaces = tuple(items)
-    log = _bool(raw["log"], f"{field}.log") if "log" in raw else False
+    tcp_flags = None
+    if given("tcp_flags"):
+        tcp_flags = parse_tcp_flags(raw["tcp_flags"], f"{field}.tcp_flags")
+        if protocol != PROTOCOLS["tcp"]:
+            raise PolicyError(f"{field}.tcp_flags", "TCP flags need protocol tcp")
+    icmp: dict[str, int | None] = {}
+    for key in ("icmp_type", "icmp_code"):
+        icmp[key] = parse_byte(raw[key], f"{field}.{key}") if given(key) else None
+        if given(key) and protocol not in ICMP_PROTOCOLS:
+            raise PolicyError(f"{field}.{key}", "ICMP type and code need protocol icmp or icmpv6")
+    src_port_set, dst_port_set = set_name("src_port_set"), set_name("dst_port_set")
+    for key, named, listed in (
+        ("src_port_set", src_port_set, given("src_ports")),
+        ("dst_port_set", dst_port_set, given("dst_ports")),
+    ):
+        if named is not None:
+            need_port_protocol(key)
+            if listed:
+                raise PolicyError(f"{field}.{key}", f"use either {key[:8]}s or {key}, not both")
     return Rule(
         id=rule_id,
         action=action,
@@ -222,8 +203,42 @@ def _rule(raw: Any, field: str) -> Rule:
         src_ports=ports("src_ports"),
         dst_ports=ports("dst_ports"),
         interfaces=interfaces,
-        log=log,
+        log=parse_bool(raw["log"], f"{field}.log") if "log" in raw else False,
+        audit=parse_bool(raw["audit"], f"{field}.audit") if "audit" in raw else False,
+        tcp_flags=tcp_flags,
+        icmp_type=icmp["icmp_type"],
+        icmp_code=icmp["icmp_code"],
+        fragment=parse_bool(raw["fragment"], f"{field}.fragment") if given("fragment") else None,
+        src_set=set_name("src_set"),
+        dst_set=set_name("dst_set"),
+        src_port_set=src_port_set,
+        dst_port_set=dst_port_set,
     )
+
+
+def rule_from_dict(raw: Any, sets: tuple[NamedSet, ...] = (), field: str = "rule") -> Rule:
+    """Validate one untrusted rule; its set references must name sets of ``sets``."""
+    rule = _rule(raw, field)
+    check_rule_sets(rule, {s.name: s for s in sets}, field)
+    return rule
+
+
+def check_rule_sets(rule: Rule, sets: Mapping[str, NamedSet], field: str) -> None:
+    """Raise PolicyError unless every set ``rule`` names exists and has the right type."""
+    for key, kind in (
+        ("src_set", SetType.PREFIX),
+        ("dst_set", SetType.PREFIX),
+        ("src_port_set", SetType.PORT),
+        ("dst_port_set", SetType.PORT),
+    ):
+        name = getattr(rule, key)
+        if name is None:
+            continue
+        found = sets.get(name)
+        if found is None:
+            raise PolicyError(f"{field}.{key}", f"no set named {name!r}")
+        if found.type is not kind:
+            raise PolicyError(f"{field}.{key}", f"set {name!r} is a {found.type.value} set")
 
 
 def policy_from_dict(raw: Any) -> Policy:
@@ -236,7 +251,9 @@ def policy_from_dict(raw: Any) -> Policy:
     if unknown:
         raise PolicyError(unknown[0], "unknown field")
     default = _action(raw.get("default_action", "allow"), "default_action")
-    dry_run = _bool(raw.get("dry_run", False), "dry_run")
+    dry_run = parse_bool(raw.get("dry_run", False), "dry_run")
+    log_default = parse_bool(raw.get("log_default", False), "log_default")
+    sets = parse_sets(raw.get("sets"))
     raw_rules = raw.get("rules")
     if raw_rules is None:  # "rules:" with nothing after it, or left out
         raw_rules = []
@@ -246,37 +263,56 @@ def policy_from_dict(raw: Any) -> Policy:
         raise PolicyError("rules", f"{len(raw_rules)} rules exceed the limit of {MAX_RULES}")
     rules = tuple(_rule(r, f"rules[{i}]") for i, r in enumerate(raw_rules))
     seen: dict[str, int] = {}
+    by_name = {s.name: s for s in sets}
     for i, rule in enumerate(rules):
         if rule.id in seen:
             raise PolicyError(
                 f"rules[{i}].id", f"duplicate rule id {rule.id!r} (also rules[{seen[rule.id]}])"
             )
         seen[rule.id] = i
-    return Policy(default_action=default, dry_run=dry_run, rules=rules)
+        check_rule_sets(rule, by_name, f"rules[{i}]")
+    return Policy(
+        default_action=default, dry_run=dry_run, rules=rules, log_default=log_default, sets=sets
+    )
+
+
+def rule_to_dict(r: Rule) -> dict[str, Any]:
+    """One rule as plain data, fields left out when "any"."""
+    d: dict[str, Any] = {"id": r.id, "action": r.action.value}
+    if r.protocol is not None:
+        d["protocol"] = PROTOCOL_NAMES.get(r.protocol, r.protocol)
+    if r.src:
+        d["src"] = [str(n) for n in r.src]
+    if r.dst:
+        d["dst"] = [str(n) for n in r.dst]
+    if r.src_ports:
+        d["src_ports"] = [str(p) for p in r.src_ports]
+    if r.dst_ports:
+        d["dst_ports"] = [str(p) for p in r.dst_ports]
+    if r.interfaces:
+        d["interfaces"] = list(r.interfaces)
+    if r.log:
+        d["log"] = True
+    if r.audit:
+        d["audit"] = True
+    if r.tcp_flags is not None:
+        d["tcp_flags"] = str(r.tcp_flags)
+    for key in ("icmp_type", "icmp_code", "fragment", "src_set", "dst_set", "src_port_set",
+                "dst_port_set"):  # fmt: skip
+        if getattr(r, key) is not None:
+            d[key] = getattr(r, key)
+    return d
 
 
 def policy_to_dict(policy: Policy) -> dict[str, Any]:
     """The inverse of policy_from_dict: plain data, fields left out when "any"."""
-    rules = []
-    for r in policy.rules:
-        d: dict[str, Any] = {"id": r.id, "action": r.action.value}
-        if r.protocol is not None:
-            d["protocol"] = PROTOCOL_NAMES.get(r.protocol, r.protocol)
-        if r.src:
-            d["src"] = [str(n) for n in r.src]
-        if r.dst:
-            d["dst"] = [str(n) for n in r.dst]
-        if r.src_ports:
-            d["src_ports"] = [str(p) for p in r.src_ports]
-        if r.dst_ports:
-            d["dst_ports"] = [str(p) for p in r.dst_ports]
-        if r.interfaces:
-            d["interfaces"] = list(r.interfaces)
-        if r.log:
-            d["log"] = True
-        rules.append(d)
-    return {
+    out: dict[str, Any] = {
         "default_action": policy.default_action.value,
         "dry_run": policy.dry_run,
-        "rules": rules,
     }
+    if policy.log_default:
+        out["log_default"] = True
+    if policy.sets:
+        out["sets"] = sets_to_dict(policy.sets)
+    out["rules"] = [rule_to_dict(r) for r in policy.rules]
+    return out

@@ -15,12 +15,13 @@ are parsed for protocol 1 and 58 whatever the IP version.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from fwd.bpf import abi
-from fwd.policy.model import Action, IPNetwork, Policy, Rule
+from fwd.policy.model import Action, IPNetwork, NamedSet, Policy, PortRange, Rule
 
 XDP_DROP = 1
 XDP_PASS = 2
@@ -87,7 +88,8 @@ class Decision:
     """What the data plane does with a frame and which counter slot it lands in.
 
     ``would_drop`` is true exactly when a drop was turned into a pass by dry
-    run, i.e. when the kernel adds the frame to ``would_drop_packets``.
+    run or an audit rule, i.e. when the kernel adds the frame to
+    ``would_drop_packets``.
     """
 
     xdp_action: int
@@ -273,28 +275,68 @@ def _addresses_match(rule: Rule, src: IPAddress, dst: IPAddress) -> bool:
     return False
 
 
-def rule_matches(rule: Rule, packet: ParsedPacket, ifname: str | None) -> bool:
-    """Whether ``rule`` matches an IP packet that arrived on interface ``ifname``."""
+@functools.lru_cache(maxsize=256)
+def _set_networks(named: NamedSet) -> tuple[IPNetwork, ...]:
+    return tuple(named.networks())
+
+
+def _in_set(addr: IPAddress, named: NamedSet | None) -> bool:
+    # Families never cross: an IPv4 packet is looked up among the IPv4 elements only.
+    return named is not None and any(_in_prefix(addr, n) for n in _set_networks(named))
+
+
+def _port_ranges(
+    policy: Policy, ranges: tuple[PortRange, ...], set_name: str | None
+) -> tuple[PortRange, ...] | None:
+    """The ranges a port field requires, or None for "any"."""
+    if set_name is not None:
+        named = policy.set_named(set_name)
+        return named.ports if named is not None else ()
+    return ranges or None
+
+
+def rule_matches(
+    rule: Rule, packet: ParsedPacket, ifname: str | None, policy: Policy | None = None
+) -> bool:
+    """Whether ``rule`` (of ``policy``, for its sets) matches an IP packet from ``ifname``."""
     if packet.kind is not PacketKind.IP or packet.src is None or packet.dst is None:
         return False
+    policy = policy or Policy()
     if rule.interfaces and (ifname is None or not rule.matches_interface(ifname)):
         return False
     if rule.protocol is not None and packet.proto != rule.protocol:
         return False
-    if rule.src_ports or rule.dst_ports:
+    if rule.fragment is not None and packet.fragment != rule.fragment:
+        return False
+    sports = _port_ranges(policy, rule.src_ports, rule.src_port_set)
+    dports = _port_ranges(policy, rule.dst_ports, rule.dst_port_set)
+    if sports is not None or dports is not None or rule.tcp_flags is not None:
         if not packet.has_ports:  # later fragments and port-less protocols never match
             return False
-        if rule.src_ports and not any(packet.sport in r for r in rule.src_ports):
+        if sports is not None and not any(packet.sport in r for r in sports):
             return False
-        if rule.dst_ports and not any(packet.dport in r for r in rule.dst_ports):
+        if dports is not None and not any(packet.dport in r for r in dports):
             return False
+        if rule.tcp_flags is not None and not rule.tcp_flags.matches(packet.tcp_flags):
+            return False
+    if rule.icmp_type is not None or rule.icmp_code is not None:
+        if not packet.is_icmp:
+            return False
+        if rule.icmp_type is not None and packet.icmp_type != rule.icmp_type:
+            return False
+        if rule.icmp_code is not None and packet.icmp_code != rule.icmp_code:
+            return False
+    if rule.src_set is not None and not _in_set(packet.src, policy.set_named(rule.src_set)):
+        return False
+    if rule.dst_set is not None and not _in_set(packet.dst, policy.set_named(rule.dst_set)):
+        return False
     return _addresses_match(rule, packet.src, packet.dst)
 
 
 def _finish(policy: Policy, drop: bool, slot: int, rule: Rule | None) -> Decision:
-    log = rule.log if rule is not None else False
+    log = rule.log if rule is not None else (drop and policy.log_default)
     rule_id = rule.id if rule is not None else None
-    if drop and policy.dry_run:
+    if drop and (policy.dry_run or (rule is not None and rule.audit)):
         return Decision(XDP_PASS, slot, rule_id, would_drop=True, log=log)
     return Decision(XDP_DROP if drop else XDP_PASS, slot, rule_id, log=log)
 
@@ -310,10 +352,10 @@ def decide(
     if packet.kind is PacketKind.NON_IP:
         return Decision(XDP_PASS, abi.SLOT_NON_IP)
     if packet.kind is PacketKind.MALFORMED:
-        return _finish(policy, True, abi.SLOT_MALFORMED, None)
+        return replace(_finish(policy, True, abi.SLOT_MALFORMED, None), log=False)
     ifname = ifnames.get(packet.ifindex)
     for rule in policy.rules:
-        if rule_matches(rule, packet, ifname):
+        if rule_matches(rule, packet, ifname, policy):
             return _finish(policy, rule.action is Action.DROP, slots[rule.id], rule)
     return _finish(policy, policy.default_action is Action.DROP, abi.SLOT_DEFAULT, None)
 

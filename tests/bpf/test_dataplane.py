@@ -19,7 +19,7 @@ from fwd.bpf.objects import BpfObject, Program
 from fwd.bpf.sync import RcuBarrier
 from fwd.dataplane import Dataplane
 from fwd.policy import reference
-from fwd.policy.compiler import assign_slots, fresh_slots
+from fwd.policy.engine import Engine, Pending
 from fwd.policy.model import Policy, policy_from_dict
 from tests import packets as P
 
@@ -31,7 +31,7 @@ IFNAMES = {LO: "lo"}
 
 
 class Plane:
-    """A loaded fwd object with a Dataplane, as the agent builds it."""
+    """A loaded fwd object with an Engine and a Dataplane, as the Datapath actor builds them."""
 
     def __init__(self, obj: BpfObject) -> None:
         self.obj = obj
@@ -40,15 +40,23 @@ class Plane:
         self.counters = maps["fwd_counters"]
         self.barrier = RcuBarrier()
         self.dp = Dataplane(maps, self.counters.ncpus, self.barrier)
-        self.slots: dict[str, int] = {}
-        self.revision = 0
+        self.engine = Engine()
+
+    @property
+    def slots(self) -> dict[str, int]:
+        return self.engine.slots
+
+    def run(self, pending: Pending) -> None:
+        """Make a prepared operation live, as the Datapath does."""
+        try:
+            self.dp.commit(pending.commit)
+        except BaseException:
+            pending.abort()
+            raise
+        pending.finish()
 
     def install(self, policy: Policy) -> None:
-        slots = assign_slots(self.slots, [r.id for r in policy.rules])
-        self.revision += 1
-        compiled = self.dp.compile(policy, self.revision, slots=slots, ifindexes={"lo": LO})
-        self.dp.install(compiled, self.revision, fresh_slots(self.slots, slots))
-        self.slots = slots
+        self.run(self.engine.apply(policy, ifindexes={"lo": LO}))
 
     def packets(self, slot: int) -> tuple[int, int]:
         c = self.dp.read_counters([slot])[slot]
@@ -244,13 +252,13 @@ def test_slot_handed_to_another_id_in_one_apply_is_zeroed(plane: Plane) -> None:
     assert plane.packets(slot_a)[0] == 0
 
 
-def test_retired_generation_is_emptied(plane: Plane) -> None:
-    """After an apply only the live generation's entries remain in fwd_rules."""
+def test_retired_entries_are_deleted_and_halves_agree(plane: Plane) -> None:
+    """After an apply fwd_rules holds exactly the live entries, with v[0] == v[1]."""
     big = policy_from_dict({"rules": [{"id": f"r{i}", "action": "drop", "src": [f"198.19.{i // 256}.{i % 256}"]} for i in range(500)]})
     plane.install(big)
     plane.install(policy_from_dict({"rules": [{"id": "one", "action": "drop", "protocol": "udp"}]}))
-    rules = plane.obj.map("fwd_rules")
-    keys = list(rules.keys())
-    live = plane.dp.live_generation()
-    assert len(keys) == 1
-    assert abi.Key.from_buffer_copy(keys[0]).tuple // abi.MAX_TUPLES == live
+    entries = list(plane.obj.map("fwd_rules").lookup_batch())
+    assert len(entries) == 1
+    entry = abi.Entry.from_buffer_copy(entries[0][1])
+    assert bytes(entry.v[0]) == bytes(entry.v[1])
+    assert entry.v[0].slot == plane.slots["one"]

@@ -22,7 +22,7 @@ from fwd.bpf.ringbuf import RingBuffer, configure_events, kernel_event_stats, re
 from fwd.bpf.sync import RcuBarrier
 from fwd.dataplane import Dataplane
 from fwd.events import decode
-from fwd.policy.compiler import assign_slots
+from fwd.policy.engine import Engine
 from fwd.policy.model import Action, policy_from_dict
 from tests import packets as P
 
@@ -53,25 +53,26 @@ class Plane:
         self.barrier = RcuBarrier()
         self.dp = Dataplane(self.maps, self.maps["fwd_counters"].ncpus, self.barrier)
         self.ring = RingBuffer(self.maps["fwd_events"].fd)
-        self.slots: dict[str, int] = {}
-        self.revision = 0
+        self.engine = Engine()
+
+    @property
+    def slots(self) -> dict[str, int]:
+        return dict(self.engine.slots)
 
     def install(self, doc: dict[str, object], *, audit: tuple[str, ...] = (), log_default: bool = False) -> None:
-        policy = policy_from_dict(doc)
-        self.slots = assign_slots(self.slots, [r.id for r in policy.rules])
-        self.revision += 1
-        compiled = self.dp.compile(policy, self.revision, slots=self.slots, ifindexes={"lo": LO})
-        if log_default:
-            compiled.config.flags |= abi.GEN_LOG_DEFAULT
-        if audit:
-            # The policy model has no audit field yet: set FWD_RULE_AUDIT on the entries.
-            values = bytearray(compiled.values)
-            audited = {self.slots[r] for r in audit}
-            for i, (_, v) in enumerate(compiled.entries()):
-                if v.slot in audited:
-                    values[i * 12 + abi.Verdict.flags.offset] |= abi.RULE_AUDIT
-            compiled = dataclasses.replace(compiled, values=bytes(values))
-        self.dp.install(compiled, self.revision, self.slots.values())
+        rules = [
+            {**r, "audit": True} if r["id"] in audit else r  # type: ignore[index]
+            for r in doc.get("rules", [])  # type: ignore[attr-defined]
+        ]
+        policy = policy_from_dict({**doc, "rules": rules, "log_default": log_default})
+        pending = self.engine.apply(policy, ifindexes={"lo": LO})
+        assert pending is not None
+        try:
+            self.dp.commit(pending.commit)
+        except BaseException:
+            pending.abort()
+            raise
+        pending.finish()
 
     def run(self, frame: bytes, repeat: int = 1) -> int:
         return self.prog.test_run(frame, repeat=repeat, data_out_size=0).retval

@@ -24,7 +24,7 @@ from fwd.bpf.sync import RcuBarrier
 from fwd.dataplane import Dataplane
 from fwd.messages import EventBatch, EventsCommand, Reply, SlotNames, Subscribe
 from fwd.events import EventFilter
-from fwd.policy.compiler import assign_slots
+from fwd.policy.engine import Engine
 from fwd.policy.model import policy_from_dict
 from tests import packets as P
 
@@ -44,8 +44,12 @@ async def test_flood_never_stalls_the_loop_and_every_event_is_accounted_for() ->
         barrier = RcuBarrier()
         dp = Dataplane(maps, maps["fwd_counters"].ncpus, barrier)
         policy = policy_from_dict({"rules": [{"id": "log-udp", "action": "drop", "protocol": "udp", "log": True}]})
-        slots = assign_slots({}, ["log-udp"])
-        dp.install(dp.compile(policy, 1, slots=slots, ifindexes={}), 1, slots.values())
+        engine = Engine()
+        pending = engine.apply(policy, ifindexes={})
+        assert pending is not None
+        dp.commit(pending.commit)
+        pending.finish()
+        slots = engine.slots
         ring = RingBuffer(maps["fwd_events"].fd)
         actor = Events(ring, lambda: kernel_event_stats(maps["fwd_event_stats"]))
         prog = obj.program("fwd_xdp")

@@ -45,7 +45,9 @@ def _structs() -> dict[str, list[tuple[str, str, int]]]:
     for name, body in re.findall(r"struct\s+(\w+)\s*\{(.*?)\};", _source(), flags=re.DOTALL):
         fields = []
         for decl in filter(None, (d.strip() for d in body.split(";"))):
-            m = re.fullmatch(r"(__u8|__u16|__u32|__u64)\s+(\w+)\s*(?:\[\s*(\w+)\s*\])?", decl)
+            m = re.fullmatch(
+                r"(__u8|__u16|__u32|__u64|struct\s+\w+)\s+(\w+)\s*(?:\[\s*(\w+)\s*\])?", decl
+            )
             assert m, f"struct {name}: cannot parse {decl!r}"
             length = m.group(3)
             n = 0 if length is None else (int(length) if length.isdigit() else _defines()[length])
@@ -80,18 +82,24 @@ def test_struct_layout_matches(struct_name: str) -> None:
     py_types = {f[0]: f[1] for f in cls._fields_}
     for name, ctype_name, length in fields:
         py_type = py_types[name]
-        size = C_SIZES[ctype_name]
-        offset = (offset + size - 1) // size * size  # natural alignment, as clang lays it out
+        if ctype_name.startswith("struct"):  # a nested struct from this header
+            nested = abi.STRUCTS[ctype_name.split()[1]]
+            size, field_align, ctype = ctypes.sizeof(nested), ctypes.alignment(nested), nested
+        else:
+            size = field_align = C_SIZES[ctype_name]
+            ctype = CTYPES[ctype_name]
+        # natural alignment, as clang lays it out
+        offset = (offset + field_align - 1) // field_align * field_align
         descriptor = getattr(cls, name)
         assert descriptor.offset == offset, f"{struct_name}.{name} offset"
         total = size * (length or 1)
         assert descriptor.size == total, f"{struct_name}.{name} size"
         element = getattr(py_type, "_type_", py_type) if length else py_type
-        assert element is CTYPES[ctype_name], f"{struct_name}.{name} type"
+        assert element is ctype, f"{struct_name}.{name} type"
         if length:
             assert getattr(py_type, "_length_", None) == length, f"{struct_name}.{name} length"
         offset += total
-        align = max(align, size)
+        align = max(align, field_align)
     expected = (offset + align - 1) // align * align
     assert ctypes.sizeof(cls) == expected, f"sizeof(struct {struct_name})"
     assert ctypes.alignment(cls) == align

@@ -281,7 +281,10 @@ def test_read_counters_batch_sums_cpus_and_stops_at_the_last_slot() -> None:
         size=abi.MAX_SLOTS,
         value_size=32,
     )
-    maps = {n: counters for n in ("fwd_live", "fwd_gen", "fwd_tuples", "fwd_rules", "fwd_counters")}
+    maps = {
+        n: counters
+        for n in ("fwd_live", "fwd_gen", "fwd_tuples", "fwd_rules", "fwd_sets", "fwd_counters")
+    }
     dp = Dataplane(maps, 2, barrier=None)  # type: ignore[arg-type]
     got = dp.read_counters_batch([0, 17, 16])
     assert got == {
