@@ -13,6 +13,7 @@ from typing import Any
 from fwd import messages
 from fwd.events import DropEvent
 from fwd.api.gen.fwd import v1 as pb
+from fwd.errors import PolicyError
 from fwd.policy import model
 
 # Proto action -> YAML spelling. UNSPECIFIED is absent on purpose: it means
@@ -56,7 +57,35 @@ def rule_to_dict(rule: pb.Rule) -> dict[str, Any]:
             raw[key] = list(values)
     if rule.log:
         raw["log"] = True
+    if rule.audit:
+        raw["audit"] = True
+    if rule.tcp_flags:
+        raw["tcp_flags"] = rule.tcp_flags
+    for key in ("icmp_type", "icmp_code", "fragment"):
+        if getattr(rule, key) is not None:
+            raw[key] = getattr(rule, key)
+    for key in ("src_set", "dst_set", "src_port_set", "dst_port_set"):
+        if getattr(rule, key):
+            raw[key] = getattr(rule, key)
     return raw
+
+
+_SET_TYPES = {pb.SetType.PREFIX: "prefix", pb.SetType.PORT: "port"}
+_SET_TYPE_PROTOS = {v: k for k, v in _SET_TYPES.items()}
+
+
+def _sets_to_dict(sets: list[pb.NamedSet]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for i, s in enumerate(sets):
+        entry: dict[str, Any] = {"elements": list(s.elements)}
+        if s.type in _SET_TYPES:
+            entry["type"] = _SET_TYPES[s.type]
+        elif s.type != pb.SetType.UNSPECIFIED:
+            entry["type"] = int(s.type)  # the parser names it as unknown
+        if s.name in out:  # a mapping would silently keep only the last one
+            raise PolicyError(f"sets[{i}].name", f"duplicate set name {s.name!r}")
+        out[s.name] = entry
+    return out
 
 
 def proto_policy_to_dict(policy: pb.Policy | None) -> dict[str, Any]:
@@ -67,6 +96,10 @@ def proto_policy_to_dict(policy: pb.Policy | None) -> dict[str, Any]:
     if policy.default_action != pb.Action.UNSPECIFIED:
         raw["default_action"] = _action_value(policy.default_action)
     raw["rules"] = [rule_to_dict(r) for r in policy.rules]
+    if policy.log_default:
+        raw["log_default"] = True
+    if policy.sets:
+        raw["sets"] = _sets_to_dict(list(policy.sets))
     return raw
 
 
@@ -91,12 +124,26 @@ def policy_to_proto(policy: model.Policy) -> pb.Policy:
                 dst_ports=list(r.get("dst_ports", [])),
                 interfaces=list(r.get("interfaces", [])),
                 log=bool(r.get("log", False)),
+                audit=bool(r.get("audit", False)),
+                tcp_flags=str(r.get("tcp_flags", "")),
+                icmp_type=r.get("icmp_type"),
+                icmp_code=r.get("icmp_code"),
+                fragment=r.get("fragment"),
+                src_set=r.get("src_set", ""),
+                dst_set=r.get("dst_set", ""),
+                src_port_set=r.get("src_port_set", ""),
+                dst_port_set=r.get("dst_port_set", ""),
             )
         )
     return pb.Policy(
         default_action=_ACTIONS[raw["default_action"]],
         dry_run=raw["dry_run"],
         rules=rules,
+        log_default=bool(raw.get("log_default", False)),
+        sets=[
+            pb.NamedSet(name=name, type=_SET_TYPE_PROTOS[s["type"]], elements=list(s["elements"]))
+            for name, s in raw.get("sets", {}).items()
+        ],
     )
 
 

@@ -26,10 +26,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fwd.errors import PolicyError
-from fwd.policy.model import PROTOCOLS, Action, IPNetwork, Policy, Rule
+from fwd.policy.model import PROTOCOLS, Action, IPNetwork, Policy, PortRange, Rule
 
 # Fields an allow rule may constrain and still be known to cover the management traffic.
-_COVERING_FIELDS = {"id", "action", "log", "audit", "protocol", "src", "dst_ports"}
+_COVERING_FIELDS = {
+    "id", "action", "log", "audit", "protocol", "src", "dst_ports", "src_set", "dst_port_set",
+}
 
 
 class LockoutError(PolicyError):
@@ -55,17 +57,37 @@ class Service:
         return cls(number, int(port))
 
 
-def _could_match(rule: Rule, prefix: IPNetwork, svc: Service) -> bool:
+def _set_prefixes(policy: Policy, name: str | None) -> list[IPNetwork] | None:
+    named = policy.set_named(name) if name else None
+    if named is None:
+        return None
+    return [ipaddress.ip_network(p) for p in named.prefixes]
+
+
+def _set_ports(policy: Policy, name: str | None) -> list[PortRange] | None:
+    named = policy.set_named(name) if name else None
+    return None if named is None else list(named.ports)
+
+
+def _could_match(rule: Rule, prefix: IPNetwork, svc: Service, policy: Policy) -> bool:
     if rule.protocol is not None and rule.protocol != svc.protocol:
         return False
     if rule.src and not any(n.version == prefix.version and n.overlaps(prefix) for n in rule.src):
         return False
     if rule.dst_ports and not any(svc.port in r for r in rule.dst_ports):
         return False
+    members = _set_prefixes(policy, rule.src_set)
+    if members is not None and not any(
+        n.version == prefix.version and n.overlaps(prefix) for n in members
+    ):
+        return False
+    ports = _set_ports(policy, rule.dst_port_set)
+    if ports is not None and not any(svc.port in r for r in ports):
+        return False
     return True
 
 
-def _covers(rule: Rule, prefix: IPNetwork, svc: Service) -> bool:
+def _covers(rule: Rule, prefix: IPNetwork, svc: Service, policy: Policy) -> bool:
     defaults = Rule(id=rule.id, action=rule.action)
     for f in dataclasses.fields(rule):
         if f.name not in _COVERING_FIELDS and getattr(rule, f.name) != getattr(defaults, f.name):
@@ -77,7 +99,20 @@ def _covers(rule: Rule, prefix: IPNetwork, svc: Service) -> bool:
         for n in rule.src
     ):
         return False
-    return not rule.dst_ports or any(svc.port in r for r in rule.dst_ports)
+    if rule.dst_ports and not any(svc.port in r for r in rule.dst_ports):
+        return False
+    if rule.src_set is not None:
+        members = _set_prefixes(policy, rule.src_set) or []
+        if not any(
+            n.version == prefix.version and prefix.subnet_of(n)  # type: ignore[arg-type]
+            for n in members
+        ):
+            return False
+    if rule.dst_port_set is not None:
+        ports = _set_ports(policy, rule.dst_port_set) or []
+        if not any(svc.port in r for r in ports):
+            return False
+    return True
 
 
 def check_lockout(
@@ -95,13 +130,13 @@ def _check_one(policy: Policy, prefix: IPNetwork, svc: Service) -> None:
     what = f"{_proto_name(svc.protocol)}/{svc.port} from {prefix}"
     for i, rule in enumerate(policy.rules):
         if rule.action is Action.DROP and not getattr(rule, "audit", False):
-            if _could_match(rule, prefix, svc):
+            if _could_match(rule, prefix, svc, policy):
                 raise LockoutError(
                     f"rules[{i}]",
                     f"rule {rule.id!r} could drop management traffic ({what}); "
                     "apply with force to do it anyway",
                 )
-        elif rule.action is Action.ALLOW and _covers(rule, prefix, svc):
+        elif rule.action is Action.ALLOW and _covers(rule, prefix, svc, policy):
             return
     if policy.default_action is Action.DROP:
         raise LockoutError(

@@ -77,3 +77,24 @@ def test_settings_parsing() -> None:
     assert parse_prefixes(["198.18.1.7/24"]) == [ipaddress.ip_network("198.18.1.0/24")]
     with pytest.raises(ValueError, match="nope"):
         parse_prefixes(["nope"])
+
+
+def test_sets_are_looked_into() -> None:
+    sets = {"bl": {"type": "prefix", "elements": ["198.51.100.0/24", "2001:db8::/32"]},
+            "mgmt": {"type": "prefix", "elements": ["198.18.0.0/16"]},
+            "ssh": {"type": "port", "elements": [22]},
+            "web": {"type": "port", "elements": [80, "443-444"]}}
+    # A blocklist that does not contain the management prefix is fine.
+    ok({"sets": sets, "rules": [{"id": "bl", "action": "drop", "src_set": "bl"}]})
+    ok({"sets": sets, "rules": [{"id": "w", "action": "drop", "protocol": "tcp",
+                                 "dst_port_set": "web"}]})
+    refused({"sets": sets, "rules": [{"id": "m", "action": "drop", "src_set": "mgmt"}]},
+            "rules[0]")
+    refused({"sets": sets, "rules": [{"id": "s", "action": "drop", "protocol": "tcp",
+                                      "dst_port_set": "ssh"}]}, "rules[0]")
+    # Sets can cover, too.
+    ok({"sets": sets, "default_action": "drop",
+        "rules": [{"id": "allow", "action": "allow", "protocol": "tcp", "src_set": "mgmt",
+                   "dst_port_set": "ssh"}]})
+    refused({"sets": sets, "default_action": "drop",
+             "rules": [{"id": "allow", "action": "allow", "src_set": "bl"}]}, "default_action")

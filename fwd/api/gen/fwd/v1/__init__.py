@@ -26,6 +26,7 @@ __all__ = (
     "ListInterfacesResponse",
     "ListRuleStatsRequest",
     "ListRuleStatsResponse",
+    "NamedSet",
     "Policy",
     "PolicyServiceBase",
     "PolicyServiceStub",
@@ -34,6 +35,7 @@ __all__ = (
     "RollbackPolicyResponse",
     "Rule",
     "RuleStats",
+    "SetType",
     "StatsServiceBase",
     "StatsServiceStub",
     "SubscribeRequest",
@@ -198,6 +200,41 @@ class InterfaceState(betterproto2.Enum):
             "INTERFACE_STATE_ATTACHED": 1,
             "INTERFACE_STATE_EXCLUDED": 2,
             "INTERFACE_STATE_FAILED": 3,
+        }
+
+
+class SetType(betterproto2.Enum):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> EnumDescriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.enum_types_by_name["SetType"]
+
+    UNSPECIFIED = 0
+
+    PREFIX = 1
+    """
+    CIDRs or addresses, IPv4 and IPv6; scales to millions of elements.
+    """
+
+    PORT = 2
+    """
+    Ports or inclusive ranges ("22", "8000-8080").
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "SET_TYPE_UNSPECIFIED",
+            1: "SET_TYPE_PREFIX",
+            2: "SET_TYPE_PORT",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "SET_TYPE_UNSPECIFIED": 0,
+            "SET_TYPE_PREFIX": 1,
+            "SET_TYPE_PORT": 2,
         }
 
 
@@ -634,6 +671,34 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class NamedSet(betterproto2.Message):
+    """
+    A named set, like an nftables set or an ipset.
+    """
+
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["NamedSet"]
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    1-64 characters: letters, digits, _ . -
+    """
+
+    type: "SetType" = betterproto2.field(
+        2, betterproto2.TYPE_ENUM, default_factory=lambda: SetType(0)
+    )
+
+    elements: "list[str]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING, repeated=True
+    )
+
+
+default_message_pool.register_message("fwd.v1", "NamedSet", NamedSet)
+
+
+@dataclass(eq=False, repr=False)
 class Policy(betterproto2.Message):
     """
     A whole policy: ordered rules, the first matching rule decides, else
@@ -663,6 +728,18 @@ class Policy(betterproto2.Message):
     )
     """
     The rules, in order; the first match wins. Rule ids must be unique.
+    """
+
+    log_default: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+    """
+    Emit an event for each packet the default action drops (rate-limited).
+    """
+
+    sets: "list[NamedSet]" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    Named sets the rules refer to (src_set, dst_set, src_port_set, dst_port_set).
     """
 
 
@@ -818,6 +895,49 @@ class Rule(betterproto2.Message):
     """
     Emit a (rate-limited) event when this rule decides a packet's verdict.
     """
+
+    audit: "bool" = betterproto2.field(10, betterproto2.TYPE_BOOL)
+    """
+    A drop by this rule is only counted and logged as "would drop".
+    """
+
+    tcp_flags: "str" = betterproto2.field(11, betterproto2.TYPE_STRING)
+    """
+    TCP flags that must be set and (with "!") clear, e.g. "syn,!ack". Needs
+    protocol tcp. "" matches any flags.
+    """
+
+    icmp_type: "int | None" = betterproto2.field(
+        12, betterproto2.TYPE_UINT32, optional=True
+    )
+    """
+    ICMP / ICMPv6 type and code (0-255). Need protocol icmp or icmpv6.
+    """
+
+    icmp_code: "int | None" = betterproto2.field(
+        13, betterproto2.TYPE_UINT32, optional=True
+    )
+
+    fragment: "bool | None" = betterproto2.field(
+        14, betterproto2.TYPE_BOOL, optional=True
+    )
+    """
+    true: only IP fragments match; false: fragments never match; absent: any.
+    """
+
+    src_set: "str" = betterproto2.field(15, betterproto2.TYPE_STRING)
+    """
+    Source / destination address in the named prefix set.
+    """
+
+    dst_set: "str" = betterproto2.field(16, betterproto2.TYPE_STRING)
+
+    src_port_set: "str" = betterproto2.field(17, betterproto2.TYPE_STRING)
+    """
+    Source / destination port in the named port set (tcp, udp or sctp only).
+    """
+
+    dst_port_set: "str" = betterproto2.field(18, betterproto2.TYPE_STRING)
 
 
 default_message_pool.register_message("fwd.v1", "Rule", Rule)
@@ -1117,7 +1237,7 @@ class StatsServiceStub(betterproto2_grpclib.ServiceStub):
 
 
 FWD_V1_FWD_PROTO_DESCRIPTOR = default_google_proto_descriptor_pool.AddSerializedFile(
-    b'\n\x10fwd/v1/fwd.proto\x12\x06fwd.v1"|\n\x06Policy\x125\n\x0edefault_action\x18\x01 \x01(\x0e2\x0e.fwd.v1.ActionR\rdefaultAction\x12\x17\n\x07dry_run\x18\x02 \x01(\x08R\x06dryRun\x12"\n\x05rules\x18\x03 \x03(\x0b2\x0c.fwd.v1.RuleR\x05rules"\xea\x01\n\x04Rule\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12&\n\x06action\x18\x02 \x01(\x0e2\x0e.fwd.v1.ActionR\x06action\x12\x1a\n\x08protocol\x18\x03 \x01(\tR\x08protocol\x12\x10\n\x03src\x18\x04 \x03(\tR\x03src\x12\x10\n\x03dst\x18\x05 \x03(\tR\x03dst\x12\x1b\n\tsrc_ports\x18\x06 \x03(\tR\x08srcPorts\x12\x1b\n\tdst_ports\x18\x07 \x03(\tR\x08dstPorts\x12\x1e\n\ninterfaces\x18\x08 \x03(\tR\ninterfaces\x12\x10\n\x03log\x18\t \x01(\x08R\x03log"\x12\n\x10GetPolicyRequest"W\n\x11GetPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x12&\n\x06policy\x18\x02 \x01(\x0b2\x0e.fwd.v1.PolicyR\x06policy"\xca\x01\n\x12ApplyPolicyRequest\x12&\n\x06policy\x18\x01 \x01(\x0b2\x0e.fwd.v1.PolicyR\x06policy\x12,\n\x0fexpect_revision\x18\x02 \x01(\x04H\x00R\x0eexpectRevision\x88\x01\x01\x12\x14\n\x05force\x18\x03 \x01(\x08R\x05force\x124\n\x16confirm_within_seconds\x18\x04 \x01(\rR\x14confirmWithinSecondsB\x12\n\x10_expect_revision"j\n\x13ApplyPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x127\n\x18confirm_deadline_unix_ms\x18\x02 \x01(\x04R\x15confirmDeadlineUnixMs"D\n\x14ConfirmPolicyRequest\x12\x1f\n\x08revision\x18\x01 \x01(\x04H\x00R\x08revision\x88\x01\x01B\x0b\n\t_revision"3\n\x15ConfirmPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision"u\n\x15RollbackPolicyRequest\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x12,\n\x0fexpect_revision\x18\x02 \x01(\x04H\x00R\x0eexpectRevision\x88\x01\x01B\x12\n\x10_expect_revision"4\n\x16RollbackPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision"P\n\x12ListHistoryRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken"m\n\x13ListHistoryResponse\x12.\n\trevisions\x18\x01 \x03(\x0b2\x10.fwd.v1.RevisionR\trevisions\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken"\xb9\x01\n\x08Revision\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x12+\n\x12applied_at_unix_ms\x18\x02 \x01(\x04R\x0fappliedAtUnixMs\x12\x14\n\x05rules\x18\x03 \x01(\rR\x05rules\x125\n\x0edefault_action\x18\x04 \x01(\x0e2\x0e.fwd.v1.ActionR\rdefaultAction\x12\x17\n\x07dry_run\x18\x05 \x01(\x08R\x06dryRun"\x17\n\x15ListInterfacesRequest"K\n\x16ListInterfacesResponse\x121\n\ninterfaces\x18\x01 \x03(\x0b2\x11.fwd.v1.InterfaceR\ninterfaces"\xd7\x01\n\tInterface\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07ifindex\x18\x02 \x01(\rR\x07ifindex\x12&\n\x04mode\x18\x03 \x01(\x0e2\x12.fwd.v1.AttachModeR\x04mode\x12\x17\n\x07prog_id\x18\x04 \x01(\rR\x06progId\x12\x17\n\x07link_id\x18\x05 \x01(\rR\x06linkId\x12,\n\x05state\x18\x06 \x01(\x0e2\x16.fwd.v1.InterfaceStateR\x05state\x12\x14\n\x05error\x18\x07 \x01(\tR\x05error"R\n\x14ListRuleStatsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken"h\n\x15ListRuleStatsResponse\x12\'\n\x05stats\x18\x01 \x03(\x0b2\x11.fwd.v1.RuleStatsR\x05stats\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken"\xd4\x01\n\tRuleStats\x12\x17\n\x07rule_id\x18\x01 \x01(\tR\x06ruleId\x12&\n\x06action\x18\x02 \x01(\x0e2\x0e.fwd.v1.ActionR\x06action\x12\x18\n\x07packets\x18\x03 \x01(\x04R\x07packets\x12\x14\n\x05bytes\x18\x04 \x01(\x04R\x05bytes\x12,\n\x12would_drop_packets\x18\x05 \x01(\x04R\x10wouldDropPackets\x12(\n\x10would_drop_bytes\x18\x06 \x01(\x04R\x0ewouldDropBytes"\x93\x01\n\x10SubscribeRequest\x12(\n\x07actions\x18\x01 \x03(\x0e2\x0e.fwd.v1.ActionR\x07actions\x12\x19\n\x08rule_ids\x18\x02 \x03(\tR\x07ruleIds\x12\x1e\n\ninterfaces\x18\x03 \x03(\tR\ninterfaces\x12\x1a\n\x08prefixes\x18\x04 \x03(\tR\x08prefixes"G\n\nEventBatch\x12%\n\x06events\x18\x01 \x03(\x0b2\r.fwd.v1.EventR\x06events\x12\x12\n\x04lost\x18\x02 \x01(\x04R\x04lost"\xe4\x03\n\x05Event\x12 \n\x0ctime_unix_ns\x18\x01 \x01(\x04R\ntimeUnixNs\x12\x1c\n\tinterface\x18\x02 \x01(\tR\tinterface\x12\x18\n\x07ifindex\x18\x03 \x01(\rR\x07ifindex\x12\x17\n\x07rule_id\x18\x04 \x01(\tR\x06ruleId\x12&\n\x06action\x18\x05 \x01(\x0e2\x0e.fwd.v1.ActionR\x06action\x12\x18\n\x07dropped\x18\x06 \x01(\x08R\x07dropped\x12\x17\n\x07dry_run\x18\x07 \x01(\x08R\x06dryRun\x12\x1d\n\nwould_drop\x18\x08 \x01(\x08R\twouldDrop\x12%\n\x0edefault_action\x18\t \x01(\x08R\rdefaultAction\x12\x1c\n\tmalformed\x18\n \x01(\x08R\tmalformed\x12\x10\n\x03src\x18\x0b \x01(\tR\x03src\x12\x10\n\x03dst\x18\x0c \x01(\tR\x03dst\x12\x19\n\x08src_port\x18\r \x01(\rR\x07srcPort\x12\x19\n\x08dst_port\x18\x0e \x01(\rR\x07dstPort\x12\x1a\n\x08protocol\x18\x0f \x01(\rR\x08protocol\x12\x1b\n\ttcp_flags\x18\x10 \x01(\rR\x08tcpFlags\x12\x16\n\x06length\x18\x11 \x01(\rR\x06length*A\n\x06Action\x12\x14\n\x12ACTION_UNSPECIFIED\x12\x10\n\x0cACTION_ALLOW\x10\x01\x12\x0f\n\x0bACTION_DROP\x10\x02*j\n\nAttachMode\x12\x12\n\x10ATTACH_MODE_NONE\x12\x16\n\x12ATTACH_MODE_NATIVE\x10\x01\x12\x17\n\x13ATTACH_MODE_GENERIC\x10\x02\x12\x17\n\x13ATTACH_MODE_OFFLOAD\x10\x03*\x87\x01\n\x0eInterfaceState\x12\x1d\n\x1bINTERFACE_STATE_UNSPECIFIED\x12\x1c\n\x18INTERFACE_STATE_ATTACHED\x10\x01\x12\x1c\n\x18INTERFACE_STATE_EXCLUDED\x10\x02\x12\x1a\n\x16INTERFACE_STATE_FAILED\x10\x032\x80\x03\n\rPolicyService\x12@\n\tGetPolicy\x12\x18.fwd.v1.GetPolicyRequest\x1a\x19.fwd.v1.GetPolicyResponse\x12F\n\x0bApplyPolicy\x12\x1a.fwd.v1.ApplyPolicyRequest\x1a\x1b.fwd.v1.ApplyPolicyResponse\x12L\n\rConfirmPolicy\x12\x1c.fwd.v1.ConfirmPolicyRequest\x1a\x1d.fwd.v1.ConfirmPolicyResponse\x12O\n\x0eRollbackPolicy\x12\x1d.fwd.v1.RollbackPolicyRequest\x1a\x1e.fwd.v1.RollbackPolicyResponse\x12F\n\x0bListHistory\x12\x1a.fwd.v1.ListHistoryRequest\x1a\x1b.fwd.v1.ListHistoryResponse2c\n\x10InterfaceService\x12O\n\x0eListInterfaces\x12\x1d.fwd.v1.ListInterfacesRequest\x1a\x1e.fwd.v1.ListInterfacesResponse2\\\n\x0cStatsService\x12L\n\rListRuleStats\x12\x1c.fwd.v1.ListRuleStatsRequest\x1a\x1d.fwd.v1.ListRuleStatsResponse2K\n\x0cEventService\x12;\n\tSubscribe\x12\x18.fwd.v1.SubscribeRequest\x1a\x12.fwd.v1.EventBatch0\x01b\x06proto3'
+    b'\n\x10fwd/v1/fwd.proto\x12\x06fwd.v1"\xc3\x01\n\x06Policy\x125\n\x0edefault_action\x18\x01 \x01(\x0e2\x0e.fwd.v1.ActionR\rdefaultAction\x12\x17\n\x07dry_run\x18\x02 \x01(\x08R\x06dryRun\x12"\n\x05rules\x18\x03 \x03(\x0b2\x0c.fwd.v1.RuleR\x05rules\x12\x1f\n\x0blog_default\x18\x04 \x01(\x08R\nlogDefault\x12$\n\x04sets\x18\x05 \x03(\x0b2\x10.fwd.v1.NamedSetR\x04sets"_\n\x08NamedSet\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12#\n\x04type\x18\x02 \x01(\x0e2\x0f.fwd.v1.SetTypeR\x04type\x12\x1a\n\x08elements\x18\x03 \x03(\tR\x08elements"\xa1\x04\n\x04Rule\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12&\n\x06action\x18\x02 \x01(\x0e2\x0e.fwd.v1.ActionR\x06action\x12\x1a\n\x08protocol\x18\x03 \x01(\tR\x08protocol\x12\x10\n\x03src\x18\x04 \x03(\tR\x03src\x12\x10\n\x03dst\x18\x05 \x03(\tR\x03dst\x12\x1b\n\tsrc_ports\x18\x06 \x03(\tR\x08srcPorts\x12\x1b\n\tdst_ports\x18\x07 \x03(\tR\x08dstPorts\x12\x1e\n\ninterfaces\x18\x08 \x03(\tR\ninterfaces\x12\x10\n\x03log\x18\t \x01(\x08R\x03log\x12\x14\n\x05audit\x18\n \x01(\x08R\x05audit\x12\x1b\n\ttcp_flags\x18\x0b \x01(\tR\x08tcpFlags\x12 \n\ticmp_type\x18\x0c \x01(\rH\x00R\x08icmpType\x88\x01\x01\x12 \n\ticmp_code\x18\r \x01(\rH\x01R\x08icmpCode\x88\x01\x01\x12\x1f\n\x08fragment\x18\x0e \x01(\x08H\x02R\x08fragment\x88\x01\x01\x12\x17\n\x07src_set\x18\x0f \x01(\tR\x06srcSet\x12\x17\n\x07dst_set\x18\x10 \x01(\tR\x06dstSet\x12 \n\x0csrc_port_set\x18\x11 \x01(\tR\nsrcPortSet\x12 \n\x0cdst_port_set\x18\x12 \x01(\tR\ndstPortSetB\x0c\n\n_icmp_typeB\x0c\n\n_icmp_codeB\x0b\n\t_fragment"\x12\n\x10GetPolicyRequest"W\n\x11GetPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x12&\n\x06policy\x18\x02 \x01(\x0b2\x0e.fwd.v1.PolicyR\x06policy"\xca\x01\n\x12ApplyPolicyRequest\x12&\n\x06policy\x18\x01 \x01(\x0b2\x0e.fwd.v1.PolicyR\x06policy\x12,\n\x0fexpect_revision\x18\x02 \x01(\x04H\x00R\x0eexpectRevision\x88\x01\x01\x12\x14\n\x05force\x18\x03 \x01(\x08R\x05force\x124\n\x16confirm_within_seconds\x18\x04 \x01(\rR\x14confirmWithinSecondsB\x12\n\x10_expect_revision"j\n\x13ApplyPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x127\n\x18confirm_deadline_unix_ms\x18\x02 \x01(\x04R\x15confirmDeadlineUnixMs"D\n\x14ConfirmPolicyRequest\x12\x1f\n\x08revision\x18\x01 \x01(\x04H\x00R\x08revision\x88\x01\x01B\x0b\n\t_revision"3\n\x15ConfirmPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision"u\n\x15RollbackPolicyRequest\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x12,\n\x0fexpect_revision\x18\x02 \x01(\x04H\x00R\x0eexpectRevision\x88\x01\x01B\x12\n\x10_expect_revision"4\n\x16RollbackPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision"P\n\x12ListHistoryRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken"m\n\x13ListHistoryResponse\x12.\n\trevisions\x18\x01 \x03(\x0b2\x10.fwd.v1.RevisionR\trevisions\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken"\xb9\x01\n\x08Revision\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x12+\n\x12applied_at_unix_ms\x18\x02 \x01(\x04R\x0fappliedAtUnixMs\x12\x14\n\x05rules\x18\x03 \x01(\rR\x05rules\x125\n\x0edefault_action\x18\x04 \x01(\x0e2\x0e.fwd.v1.ActionR\rdefaultAction\x12\x17\n\x07dry_run\x18\x05 \x01(\x08R\x06dryRun"\x17\n\x15ListInterfacesRequest"K\n\x16ListInterfacesResponse\x121\n\ninterfaces\x18\x01 \x03(\x0b2\x11.fwd.v1.InterfaceR\ninterfaces"\xd7\x01\n\tInterface\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07ifindex\x18\x02 \x01(\rR\x07ifindex\x12&\n\x04mode\x18\x03 \x01(\x0e2\x12.fwd.v1.AttachModeR\x04mode\x12\x17\n\x07prog_id\x18\x04 \x01(\rR\x06progId\x12\x17\n\x07link_id\x18\x05 \x01(\rR\x06linkId\x12,\n\x05state\x18\x06 \x01(\x0e2\x16.fwd.v1.InterfaceStateR\x05state\x12\x14\n\x05error\x18\x07 \x01(\tR\x05error"R\n\x14ListRuleStatsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken"h\n\x15ListRuleStatsResponse\x12\'\n\x05stats\x18\x01 \x03(\x0b2\x11.fwd.v1.RuleStatsR\x05stats\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken"\xd4\x01\n\tRuleStats\x12\x17\n\x07rule_id\x18\x01 \x01(\tR\x06ruleId\x12&\n\x06action\x18\x02 \x01(\x0e2\x0e.fwd.v1.ActionR\x06action\x12\x18\n\x07packets\x18\x03 \x01(\x04R\x07packets\x12\x14\n\x05bytes\x18\x04 \x01(\x04R\x05bytes\x12,\n\x12would_drop_packets\x18\x05 \x01(\x04R\x10wouldDropPackets\x12(\n\x10would_drop_bytes\x18\x06 \x01(\x04R\x0ewouldDropBytes"\x93\x01\n\x10SubscribeRequest\x12(\n\x07actions\x18\x01 \x03(\x0e2\x0e.fwd.v1.ActionR\x07actions\x12\x19\n\x08rule_ids\x18\x02 \x03(\tR\x07ruleIds\x12\x1e\n\ninterfaces\x18\x03 \x03(\tR\ninterfaces\x12\x1a\n\x08prefixes\x18\x04 \x03(\tR\x08prefixes"G\n\nEventBatch\x12%\n\x06events\x18\x01 \x03(\x0b2\r.fwd.v1.EventR\x06events\x12\x12\n\x04lost\x18\x02 \x01(\x04R\x04lost"\xe4\x03\n\x05Event\x12 \n\x0ctime_unix_ns\x18\x01 \x01(\x04R\ntimeUnixNs\x12\x1c\n\tinterface\x18\x02 \x01(\tR\tinterface\x12\x18\n\x07ifindex\x18\x03 \x01(\rR\x07ifindex\x12\x17\n\x07rule_id\x18\x04 \x01(\tR\x06ruleId\x12&\n\x06action\x18\x05 \x01(\x0e2\x0e.fwd.v1.ActionR\x06action\x12\x18\n\x07dropped\x18\x06 \x01(\x08R\x07dropped\x12\x17\n\x07dry_run\x18\x07 \x01(\x08R\x06dryRun\x12\x1d\n\nwould_drop\x18\x08 \x01(\x08R\twouldDrop\x12%\n\x0edefault_action\x18\t \x01(\x08R\rdefaultAction\x12\x1c\n\tmalformed\x18\n \x01(\x08R\tmalformed\x12\x10\n\x03src\x18\x0b \x01(\tR\x03src\x12\x10\n\x03dst\x18\x0c \x01(\tR\x03dst\x12\x19\n\x08src_port\x18\r \x01(\rR\x07srcPort\x12\x19\n\x08dst_port\x18\x0e \x01(\rR\x07dstPort\x12\x1a\n\x08protocol\x18\x0f \x01(\rR\x08protocol\x12\x1b\n\ttcp_flags\x18\x10 \x01(\rR\x08tcpFlags\x12\x16\n\x06length\x18\x11 \x01(\rR\x06length*A\n\x06Action\x12\x14\n\x12ACTION_UNSPECIFIED\x12\x10\n\x0cACTION_ALLOW\x10\x01\x12\x0f\n\x0bACTION_DROP\x10\x02*I\n\x07SetType\x12\x16\n\x14SET_TYPE_UNSPECIFIED\x12\x13\n\x0fSET_TYPE_PREFIX\x10\x01\x12\x11\n\rSET_TYPE_PORT\x10\x02*j\n\nAttachMode\x12\x12\n\x10ATTACH_MODE_NONE\x12\x16\n\x12ATTACH_MODE_NATIVE\x10\x01\x12\x17\n\x13ATTACH_MODE_GENERIC\x10\x02\x12\x17\n\x13ATTACH_MODE_OFFLOAD\x10\x03*\x87\x01\n\x0eInterfaceState\x12\x1d\n\x1bINTERFACE_STATE_UNSPECIFIED\x12\x1c\n\x18INTERFACE_STATE_ATTACHED\x10\x01\x12\x1c\n\x18INTERFACE_STATE_EXCLUDED\x10\x02\x12\x1a\n\x16INTERFACE_STATE_FAILED\x10\x032\x80\x03\n\rPolicyService\x12@\n\tGetPolicy\x12\x18.fwd.v1.GetPolicyRequest\x1a\x19.fwd.v1.GetPolicyResponse\x12F\n\x0bApplyPolicy\x12\x1a.fwd.v1.ApplyPolicyRequest\x1a\x1b.fwd.v1.ApplyPolicyResponse\x12L\n\rConfirmPolicy\x12\x1c.fwd.v1.ConfirmPolicyRequest\x1a\x1d.fwd.v1.ConfirmPolicyResponse\x12O\n\x0eRollbackPolicy\x12\x1d.fwd.v1.RollbackPolicyRequest\x1a\x1e.fwd.v1.RollbackPolicyResponse\x12F\n\x0bListHistory\x12\x1a.fwd.v1.ListHistoryRequest\x1a\x1b.fwd.v1.ListHistoryResponse2c\n\x10InterfaceService\x12O\n\x0eListInterfaces\x12\x1d.fwd.v1.ListInterfacesRequest\x1a\x1e.fwd.v1.ListInterfacesResponse2\\\n\x0cStatsService\x12L\n\rListRuleStats\x12\x1c.fwd.v1.ListRuleStatsRequest\x1a\x1d.fwd.v1.ListRuleStatsResponse2K\n\x0cEventService\x12;\n\tSubscribe\x12\x18.fwd.v1.SubscribeRequest\x1a\x12.fwd.v1.EventBatch0\x01b\x06proto3'
 )
 
 
