@@ -53,6 +53,8 @@ from fwd.messages import (
 from fwd.metrics.collector import Snapshot
 from fwd.metrics.kernel import IF_STATS_MAP, read_if_stats
 from fwd.metrics.server import MetricsServer
+from fwd.policy.lockout import Service, check_lockout, parse_prefixes
+from fwd.policy.model import Policy
 from fwd.store import SqliteStore
 
 log = structlog.get_logger("fwd.agent")
@@ -111,7 +113,13 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
         try:
             dataplane = Dataplane(maps, ncpus, barrier)
             names_tx, names_rx = anyio.create_memory_object_stream[SlotNames](math.inf)
-            datapath = Datapath(dataplane, store, names=names_tx)
+            datapath = Datapath(
+                dataplane,
+                store,
+                names=names_tx,
+                guard=lockout_guard(settings),
+                force_dry_run=settings.force_dry_run,
+            )
             links = Links(
                 prog_fd=prog.fd,
                 include=settings.include,
@@ -184,6 +192,18 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
             store.close()
             barrier.close()
             ring.close()
+
+
+def lockout_guard(settings: Settings) -> Callable[[Policy], None] | None:
+    """The anti-lockout check for the Datapath, or None when no management prefix is set.
+
+    Parsed at start: a bad --mgmt-prefix or --mgmt-service stops the agent with a message.
+    """
+    if not settings.mgmt_prefixes:
+        return None
+    prefixes = parse_prefixes(settings.mgmt_prefixes)
+    services = [Service.parse(s) for s in settings.mgmt_services]
+    return functools.partial(check_lockout, prefixes=prefixes, services=services)
 
 
 def run(settings: Settings, *, log_level: str = "info") -> int:

@@ -8,6 +8,7 @@ the agent's unix socket, printed as a plain-text table or as JSON. Exit codes:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from grpclib.exceptions import StreamTerminatedError
 from fwd.api.client import SOCKET_ENV, AgentUnreachable, Client, default_socket
 from fwd.api.convert import policy_from_proto
 from fwd.api.gen.fwd import v1 as pb
+from fwd import cli_rules
 from fwd.api.tls import client_context
 from fwd.errors import PolicyError
 from fwd.messages import Settings
@@ -35,12 +37,15 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 COMMANDS_EPILOG = """\
 commands:
   fwd agent [--socket PATH] [--state-dir DIR] [--bpffs DIR] [--include GLOB]...
-            [--exclude GLOB]... [--detach-on-exit] [--metrics ADDR] [--log-level LEVEL]
+            [--exclude GLOB]... [--dry-run] [--detach-on-exit] [--metrics ADDR] [--log-level LEVEL]
   fwd policy get [-o yaml|json]
-  fwd policy apply FILE [--expect-revision N] [--force] [--confirm-within DURATION]
+  fwd policy apply FILE [--expect-revision N] [--force] [--dry-run] [--confirm-within D]
   fwd policy confirm [REV]
   fwd policy rollback REV [--expect-revision N]
   fwd policy history [-o table|json]
+  fwd policy diff FILE
+  fwd rules list | add RULE [--position N|--before ID|--after ID] | delete ID
+  fwd sets list | show SET | add SET ELEMENT... | remove SET ELEMENT...
   fwd events [--follow] [--action A] [--rule ID] [--iface I] [--prefix CIDR] [-o json]
   fwd interfaces [-o table|json]
   fwd stats [-o table|json]
@@ -131,6 +136,8 @@ def _load_policy(args: argparse.Namespace) -> None:
 
 
 async def _policy_apply(client: Client, args: argparse.Namespace, out: TextIO) -> None:
+    if args.dry_run:
+        args.policy = dataclasses.replace(args.policy, dry_run=True)
     if args.confirm_within:
         reply = await client.apply_policy_confirmed(
             args.policy, args.confirm_within, args.expect_revision, force=args.force
@@ -202,7 +209,10 @@ async def _events(client: Client, args: argparse.Namespace, out: TextIO) -> None
 
 def _event_line(e: pb.Event, output: str) -> str:
     if output == "json":
-        return json.dumps(e.to_dict(casing=betterproto2.Casing.SNAKE), sort_keys=True)
+        return json.dumps(
+            e.to_dict(casing=betterproto2.Casing.SNAKE, include_default_values=True),
+            sort_keys=True,
+        )
     verdict = "DROP" if e.dropped else ("WOULD-DROP" if e.would_drop else _enum_name(e.action))
     when = time.strftime("%H:%M:%S", time.localtime(e.time_unix_ns / 1e9))
     rule = e.rule_id or ("(default)" if e.default_action else "(malformed)")
@@ -263,7 +273,7 @@ def _run_client(command: Command, args: argparse.Namespace, out: TextIO, err: Te
     except GRPCError as exc:
         err.write(f"fwd: {exc.status.name}: {exc.message or ''}\n")
         return 1
-    except (AgentUnreachable, _Failed) as exc:
+    except (AgentUnreachable, _Failed, PolicyError) as exc:
         err.write(f"fwd: {exc}\n")
         return 1
     except TimeoutError:  # grpclib raises asyncio.TimeoutError, the same class since 3.11
@@ -289,6 +299,7 @@ def _agent(args: argparse.Namespace) -> int:
         include=tuple(args.include) if args.include else Settings().include,
         exclude=tuple(args.exclude),
         detach_on_exit=args.detach_on_exit,
+        force_dry_run=args.dry_run,
         listen=args.listen,
         mgmt_prefixes=tuple(args.mgmt_prefix),
         mgmt_services=tuple(args.mgmt_service) or Settings().mgmt_services,
@@ -434,6 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls-client-ca", default="", metavar="FILE", help="CA that signs client certificates"
     )
     agent.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="enforce every policy in dry-run: nothing is dropped, would-be drops are "
+        "counted and logged (a safe first run)",
+    )
+    agent.add_argument(
         "--detach-on-exit",
         action="store_true",
         help="on SIGTERM/SIGINT detach XDP and remove the pins; by default enforcement "
@@ -498,6 +515,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(see 'fwd agent --mgmt-prefix')",
     )
     apply.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="apply in dry-run: nothing is dropped, would-be drops are counted and logged",
+    )
+    apply.add_argument(
         "--confirm-within",
         type=_duration,
         metavar="DURATION",
@@ -535,6 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     history.add_argument("-o", "--output", choices=("table", "json"), default="table")
     history.set_defaults(client=_policy_history)
+
+    cli_rules.register(sub, policy_sub, common, _revision, _load_policy)
 
     events = sub.add_parser(
         "events",

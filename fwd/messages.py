@@ -122,6 +122,7 @@ class ApplyPolicy:
     policy: Policy
     expect_revision: int | None
     reply: MemoryObjectSendStream[Reply[Applied]]
+    force: bool = False  # skip the anti-lockout check
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ class ApplyRevision:
     revision: int
     expect_revision: int | None
     reply: MemoryObjectSendStream[Reply[Applied]]
+    force: bool = False  # skip the anti-lockout check
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,7 @@ class AddRule:
     before_id: str | None = None
     after_id: str | None = None
     expect_revision: int | None = None
+    force: bool = False  # skip the anti-lockout check
 
 
 @dataclass(frozen=True)
@@ -260,6 +263,7 @@ class DeleteRule:
     rule_id: str
     reply: MemoryObjectSendStream[Reply[Applied]]
     expect_revision: int | None = None
+    force: bool = False  # skip the anti-lockout check
 
 
 @dataclass(frozen=True)
@@ -289,6 +293,7 @@ class SetAddElements:
     elements: tuple[str | int, ...]
     reply: MemoryObjectSendStream[Reply[Applied]]
     expect_revision: int | None = None
+    force: bool = False  # skip the anti-lockout check
 
 
 @dataclass(frozen=True)
@@ -299,6 +304,7 @@ class SetRemoveElements:
     elements: tuple[str | int, ...]
     reply: MemoryObjectSendStream[Reply[Applied]]
     expect_revision: int | None = None
+    force: bool = False  # skip the anti-lockout check
 
 
 @dataclass(frozen=True)
@@ -372,6 +378,8 @@ class Settings:
     mgmt_services: tuple[str, ...] = ("tcp/22",)
     # Largest request message the API reads (a 100,000-rule policy is ~6 MB).
     max_request_bytes: int = 64 * 1024 * 1024
+    # fwd agent --dry-run: every policy is enforced in dry-run (nothing is dropped).
+    force_dry_run: bool = False
     # Serve Prometheus metrics on HOST:PORT; "" disables the endpoint.
     metrics_addr: str = "127.0.0.1:9469"
 

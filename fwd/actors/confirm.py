@@ -145,7 +145,10 @@ class Confirmer:
         pending = self._pending
         assert pending is not None
         reply_tx, reply_rx = anyio.create_memory_object_stream[Reply[Applied]](1)
-        await datapath.send(ApplyRevision(pending.previous, pending.revision, reply_tx))
+        # force: restoring what was enforced before is never a lockout to refuse.
+        await datapath.send(
+            ApplyRevision(pending.previous, pending.revision, reply_tx, force=True)
+        )
         with reply_rx:
             try:
                 reply = await reply_rx.receive()

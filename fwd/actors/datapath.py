@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -98,7 +98,14 @@ class Datapath:
         store: Store,
         engine: Engine | None = None,
         names: MemoryObjectSendStream[SlotNames] | None = None,
+        guard: Callable[[Policy], None] | None = None,
+        force_dry_run: bool = False,
     ) -> None:
+        # fwd agent --dry-run: every policy this agent enforces is put in dry-run.
+        self._force_dry_run = force_dry_run
+        # Anti-lockout: raises (LockoutError) for a resulting policy that could drop
+        # the management traffic; every change is checked unless it says force.
+        self._guard = guard
         self._dp = dataplane
         self._store = store
         self._names = names  # the slot -> rule id table goes to the Events actor
@@ -109,6 +116,11 @@ class Datapath:
         # lock keeps them one at a time. The work runs in a worker thread so
         # compiling a large policy never stalls the event loop.
         self._lock = anyio.Lock()
+
+    def _enforceable(self, policy: Policy) -> Policy:
+        if self._force_dry_run and not policy.dry_run:
+            return replace(policy, dry_run=True)
+        return policy
 
     def statistics(self) -> DatapathStatistics:
         return DatapathStatistics(**vars(self._stats))
@@ -124,7 +136,8 @@ class Datapath:
         stored = await anyio.to_thread.run_sync(self._store.latest)
         e = self._engine
         if stored is not None:
-            await self._change(lambda: e.apply(stored.policy, stored.revision, stored.slots))
+            restored = self._enforceable(stored.policy)
+            await self._change(lambda: e.apply(restored, stored.revision, stored.slots))
             log.info("policy_restored", revision=stored.revision, rules=len(stored.policy.rules))
         else:
             await self._change(lambda: e.apply(EMPTY_POLICY, 0, {}))
@@ -156,16 +169,22 @@ class Datapath:
         reply: Any
         e = self._engine
         if isinstance(command, ApplyPolicy):
-            reply = await self._mutate(command.expect_revision, lambda: e.apply(command.policy))
+            reply = await self._mutate(
+                command.expect_revision,
+                lambda: e.apply(self._enforceable(command.policy)),
+                force=command.force,
+            )
             self._count(reply, "applies")
         elif isinstance(command, AddRule):
             reply = await self._mutate(
-                command.expect_revision, lambda: self._add_rule(command), "rule_added"
+                command.expect_revision, lambda: self._add_rule(command), "rule_added",
+                force=command.force,
             )
             self._count(reply, "rule_changes")
         elif isinstance(command, DeleteRule):
             reply = await self._mutate(
-                command.expect_revision, lambda: e.delete_rule(command.rule_id), "rule_deleted"
+                command.expect_revision, lambda: e.delete_rule(command.rule_id), "rule_deleted",
+                force=command.force,
             )
             self._count(reply, "rule_changes")
         elif isinstance(command, (SetAddElements, SetRemoveElements)):
@@ -176,6 +195,7 @@ class Datapath:
                 lambda: e.change_set(command.set_name, elements if adding else (),
                                      () if adding else elements),  # fmt: skip
                 "set_changed",
+                force=command.force,
             )
             self._count(reply, "set_changes")
         elif isinstance(command, GetPolicy):
@@ -211,7 +231,11 @@ class Datapath:
         if stored is None:
             return Reply(error=PolicyError("revision", f"no revision {cmd.revision} is stored"))
         log.info("policy_rollback", revision=self._engine.revision, to_revision=cmd.revision)
-        return await self._mutate(cmd.expect_revision, lambda: self._engine.apply(stored.policy))
+        return await self._mutate(
+            cmd.expect_revision,
+            lambda: self._engine.apply(self._enforceable(stored.policy)),
+            force=cmd.force,
+        )
 
     async def _history(self, cmd: GetHistory) -> Reply[tuple[tuple[HistoryEntry, ...], int]]:
         try:
@@ -256,12 +280,14 @@ class Datapath:
         expect_revision: int | None,
         prepare: Callable[[], Pending | None],
         event: str = "policy_applied",
+        *,
+        force: bool = False,
     ) -> Reply[Applied]:
         current = self._engine.revision
         if expect_revision is not None and expect_revision != current:
             return Reply(error=RevisionMismatch(expect_revision, current))
         try:
-            await self._change(prepare, persist=True)
+            await self._change(prepare, persist=True, force=force)
         except FwdError as e:
             log.warning("change_refused", revision=current, error=str(e))
             return Reply(error=e)
@@ -269,9 +295,11 @@ class Datapath:
                  rules=len(self._engine.policy.rules))  # fmt: skip
         return Reply(Applied(self._engine.revision, self._engine.policy))
 
-    async def _change(self, prepare: Callable[[], Pending | None], persist: bool = False) -> bool:
+    async def _change(
+        self, prepare: Callable[[], Pending | None], persist: bool = False, force: bool = True
+    ) -> bool:
         async with self._lock:
-            changed = await anyio.to_thread.run_sync(self._change_sync, prepare, persist)
+            changed = await anyio.to_thread.run_sync(self._change_sync, prepare, persist, force)
         if changed and self._names is not None:  # on the loop: memory streams are not thread-safe
             slots = self._engine.slots
             table = [*RESERVED_SLOTS.items(), *((s, rid) for rid, s in slots.items())]
@@ -280,12 +308,16 @@ class Datapath:
                 self._names.send_nowait(SlotNames(self._engine.revision, tuple(table)))
         return changed
 
-    def _change_sync(self, prepare: Callable[[], Pending | None], persist: bool) -> bool:
+    def _change_sync(
+        self, prepare: Callable[[], Pending | None], persist: bool, force: bool
+    ) -> bool:
         pending = prepare()
         if pending is None:
             return False
         revision = pending.commit.revision
         try:
+            if self._guard is not None and not force:
+                self._guard(pending.policy)
             if persist:
                 # Persist first: an agent restarted after the flip must come back
                 # with this revision, never an older one.

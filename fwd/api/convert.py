@@ -108,6 +108,15 @@ def policy_from_proto(policy: pb.Policy | None) -> model.Policy:
     return model.policy_from_dict(proto_policy_to_dict(policy))
 
 
+def rule_to_proto(rule: model.Rule) -> pb.Rule:
+    """One model rule as the proto (normalised like policy_to_proto)."""
+    return policy_to_proto(model.Policy(rules=(rule,))).rules[0]
+
+
+def set_type_to_proto(kind: Any) -> pb.SetType:
+    return _SET_TYPE_PROTOS[kind.value]
+
+
 def policy_to_proto(policy: model.Policy) -> pb.Policy:
     """The inverse of policy_from_proto (normalised: networks, protocol names)."""
     raw = model.policy_to_dict(policy)

@@ -49,8 +49,9 @@ from fwd.errors import (
 )
 from fwd.events import EventFilter
 from fwd.messages import DatapathCommand, ListInterfaces, Reply, Settings
+from fwd.policy import model
 from fwd.policy.model import Action
-from fwd.policy.lockout import LockoutError, Service, check_lockout, parse_prefixes
+from fwd.policy.lockout import LockoutError
 
 if TYPE_CHECKING:
     from grpclib._typing import IServable
@@ -121,9 +122,6 @@ class Api:
         self._links = links
         self._confirmer = confirmer
         self._settings = settings
-        # Parsed once; bad values fail the agent's start with a clear message.
-        self._mgmt_prefixes = parse_prefixes(settings.mgmt_prefixes)
-        self._mgmt_services = [Service.parse(s) for s in settings.mgmt_services]
         # Shutdown bookkeeping: new asks fail fast once closing; pending asks are
         # cancelled and answer UNAVAILABLE; request tasks are awaited so those
         # answers reach the clients before the server closes the connections.
@@ -138,6 +136,8 @@ class Api:
             _InterfaceService(self),
             _StatsService(self),
             _EventService(self),
+            _RuleService(self),
+            _SetService(self),
         ]
         # An empty check list per service: each reports SERVING while the server runs.
         health = Health({service: [] for service in services})
@@ -267,12 +267,31 @@ class Api:
             self.confirmer, lambda r: messages.ConfirmRevision(revision, r), "confirmer"
         )
 
-    async def rollback(self, revision: int, expect_revision: int | None) -> messages.Applied:
+    async def rollback(
+        self, revision: int, expect_revision: int | None, force: bool = False
+    ) -> messages.Applied:
         """Enforce the stored policy of ``revision`` again, as a new revision."""
         return await self.ask(
             self._datapath,
-            lambda r: messages.ApplyRevision(revision, expect_revision, r),
+            lambda r: messages.ApplyRevision(revision, expect_revision, r, force=force),
             "datapath",
+        )
+
+    async def change(self, make: Callable[[MemoryObjectSendStream[Reply[messages.Applied]]], Any]) -> messages.Applied:
+        """Send a rule or set change to the Datapath; the new revision comes back."""
+        return await self.ask(self._datapath, make, "datapath")
+
+    async def rule_page(self, offset: int, limit: int) -> messages.RulePage:
+        return await self.ask(
+            self._datapath, lambda r: messages.ListRules(offset, limit, r), "datapath"
+        )
+
+    async def sets(self) -> tuple[messages.SetInfo, ...]:
+        return await self.ask(self._datapath, lambda r: messages.ListSets(r), "datapath")
+
+    async def set_page(self, name: str, offset: int, limit: int) -> messages.SetElementsPage:
+        return await self.ask(
+            self._datapath, lambda r: messages.ListSetElements(name, offset, limit, r), "datapath"
         )
 
     async def history(
@@ -318,11 +337,11 @@ class Api:
         management access (FAILED_PRECONDITION unless ``force``), and have it enforced."""
         with _grpc_errors("apply"):
             model = convert.policy_from_proto(policy)
-            if not force:
-                check_lockout(model, self._mgmt_prefixes, self._mgmt_services)
         return await self.ask(
             self._datapath,
-            lambda r: messages.ApplyPolicy(policy=model, expect_revision=expect_revision, reply=r),
+            lambda r: messages.ApplyPolicy(
+                policy=model, expect_revision=expect_revision, reply=r, force=force
+            ),
             "datapath",
         )
 
@@ -398,7 +417,9 @@ class _PolicyService(pb.PolicyServiceBase):
     async def rollback_policy(
         self, message: pb.RollbackPolicyRequest
     ) -> pb.RollbackPolicyResponse:
-        applied = await self._api.rollback(message.revision, message.expect_revision)
+        applied = await self._api.rollback(
+            message.revision, message.expect_revision, message.force
+        )
         self._api.superseded(applied.revision)
         return pb.RollbackPolicyResponse(revision=applied.revision)
 
@@ -458,6 +479,106 @@ class _EventService(pb.EventServiceBase):
                     events=[convert.event_to_proto(e, names.get(e.ifindex, "")) for e in batch.events],
                     lost=batch.lost,
                 )
+
+
+class _RuleService(pb.RuleServiceBase):
+    def __init__(self, api: Api) -> None:
+        self._api = api
+
+    async def add_rule(self, message: pb.AddRuleRequest) -> pb.RuleChangeResponse:
+        anchors = [
+            name
+            for name, given in (
+                ("position", message.position is not None),
+                ("before_id", bool(message.before_id)),
+                ("after_id", bool(message.after_id)),
+            )
+            if given
+        ]
+        if len(anchors) > 1:
+            raise GRPCError(
+                Status.INVALID_ARGUMENT, f"{anchors[1]}: give at most one of position, "
+                "before_id, after_id"
+            )
+        if message.rule is None:
+            raise GRPCError(Status.INVALID_ARGUMENT, "rule: is required")
+        with _grpc_errors("add rule"):
+            rule = model.parse_rule(convert.rule_to_dict(message.rule), "rule")
+        applied = await self._api.change(
+            lambda r: messages.AddRule(
+                rule, r, position=message.position, before_id=message.before_id or None,
+                after_id=message.after_id or None, expect_revision=message.expect_revision,
+                force=message.force,
+            )
+        )
+        self._api.superseded(applied.revision)
+        return pb.RuleChangeResponse(revision=applied.revision)
+
+    async def delete_rule(self, message: pb.DeleteRuleRequest) -> pb.RuleChangeResponse:
+        if not message.rule_id:
+            raise GRPCError(Status.INVALID_ARGUMENT, "rule_id: is required")
+        applied = await self._api.change(
+            lambda r: messages.DeleteRule(
+                message.rule_id, r, expect_revision=message.expect_revision, force=message.force
+            )
+        )
+        self._api.superseded(applied.revision)
+        return pb.RuleChangeResponse(revision=applied.revision)
+
+    async def list_rules(self, message: pb.ListRulesRequest) -> pb.ListRulesResponse:
+        offset = parse_page_token(message.page_token)
+        size = min(message.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        page = await self._api.rule_page(offset, size)
+        end = offset + len(page.rules)
+        return pb.ListRulesResponse(
+            rules=[convert.rule_to_proto(r) for r in page.rules],
+            next_page_token=str(end) if end < page.total else "",
+            revision=page.revision,
+            total=page.total,
+        )
+
+
+class _SetService(pb.SetServiceBase):
+    def __init__(self, api: Api) -> None:
+        self._api = api
+
+    async def add_elements(self, message: pb.SetElementsRequest) -> pb.SetChangeResponse:
+        return await self._change(message, messages.SetAddElements)
+
+    async def remove_elements(self, message: pb.SetElementsRequest) -> pb.SetChangeResponse:
+        return await self._change(message, messages.SetRemoveElements)
+
+    async def _change(self, message: pb.SetElementsRequest, kind: Any) -> pb.SetChangeResponse:
+        if not message.set:
+            raise GRPCError(Status.INVALID_ARGUMENT, "set: is required")
+        applied = await self._api.change(
+            lambda r: kind(
+                message.set, tuple(message.elements), r,
+                expect_revision=message.expect_revision, force=message.force,
+            )
+        )
+        self._api.superseded(applied.revision)
+        return pb.SetChangeResponse(revision=applied.revision)
+
+    async def list_sets(self, message: pb.ListSetsRequest) -> pb.ListSetsResponse:
+        return pb.ListSetsResponse(
+            sets=[
+                pb.SetSummary(name=s.name, type=convert.set_type_to_proto(s.type), size=s.size)
+                for s in await self._api.sets()
+            ]
+        )
+
+    async def list_elements(self, message: pb.ListElementsRequest) -> pb.ListElementsResponse:
+        offset = parse_page_token(message.page_token)
+        size = min(message.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        page = await self._api.set_page(message.set, offset, size)
+        end = offset + len(page.elements)
+        return pb.ListElementsResponse(
+            elements=list(page.elements),
+            next_page_token=str(end) if end < page.total else "",
+            revision=page.revision,
+            total=page.total,
+        )
 
 
 class _InterfaceService(pb.InterfaceServiceBase):

@@ -216,6 +216,12 @@ def _rule(raw: Any, field: str) -> Rule:
     )
 
 
+def parse_rule(raw: Any, field: str = "rule") -> Rule:
+    """Validate one untrusted rule on its own (set references are checked where the
+    sets are known: by the Datapath's engine against the enforced policy)."""
+    return _rule(raw, field)
+
+
 def rule_from_dict(raw: Any, sets: tuple[NamedSet, ...] = (), field: str = "rule") -> Rule:
     """Validate one untrusted rule; its set references must name sets of ``sets``."""
     rule = _rule(raw, field)

@@ -300,3 +300,79 @@ def test_logged_drops_stream_to_subscribers(lab: Lab) -> None:
         assert e["rule_id"] == "drop-a-udp-9999" and e["dropped"] is True
         assert (e["src"], e["dst"], e["dst_port"], e["protocol"]) == ("198.18.1.2", "198.18.1.1", 9999, 17)
         assert e["interface"] == "veth-a"
+
+
+def cli(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "fwd", *args, "--socket", lab.agent.socket],
+                          capture_output=True, text=True, timeout=30,
+                          cwd=Path(__file__).resolve().parents[2])
+    return proc
+
+
+def test_rules_and_sets_change_incrementally(lab: Lab, tmp_path: Path) -> None:
+    policy = tmp_path / "sets.yaml"
+    policy.write_text(
+        "sets:\n  bl: {type: prefix, elements: [198.51.100.0/24]}\n"
+        "rules:\n  - {id: bl, action: drop, src_set: bl}\n"
+        "  - {id: keep, action: drop, protocol: udp, src: [198.18.1.0/24], dst_ports: [9997]}\n"
+    )
+    assert cli(lab, "policy", "apply", str(policy)).returncode == 0
+    send = [(lab.a, "198.18.1.1", 9997, 5), (lab.a, "198.18.1.1", 9998, 5)]
+    assert udp_count(lab.net, lab.b, "0.0.0.0", [9997, 9998], send) == {9997: 0, 9998: 5}
+    keep_before = lab.counters()["keep"]
+    # Insert a rule first: C's 9999 is dropped now; "keep" keeps its counter.
+    added = cli(lab, "rules", "add", "{id: c-9999, action: drop, protocol: udp, "
+                "src: [198.18.2.0/24], dst_ports: [9999]}", "--position", "0")
+    assert added.returncode == 0, added.stderr
+    assert udp_count(lab.net, lab.b, "0.0.0.0", [9999], [(lab.c, "198.18.2.1", 9999, 5)]) == {9999: 0}
+    listed = json.loads(cli(lab, "rules", "list", "-o", "json").stdout)
+    assert [r["id"] for r in listed] == ["c-9999", "bl", "keep"]
+    assert lab.counters()["keep"] == keep_before
+    # A's prefix joins the blocklist: everything from A is dropped, by rule "bl".
+    assert cli(lab, "sets", "add", "bl", "198.18.1.0/24", "2001:2:0:1::/64").returncode == 0
+    assert udp_count(lab.net, lab.b, "0.0.0.0", [9998], [(lab.a, "198.18.1.1", 9998, 5)]) == {9998: 0}
+    assert cli(lab, "sets", "show", "bl").stdout.split() == [
+        "198.18.1.0/24", "198.51.100.0/24", "2001:2:0:1::/64"]
+    assert cli(lab, "sets", "remove", "bl", "198.18.1.0/24").returncode == 0
+    assert udp_count(lab.net, lab.b, "0.0.0.0", [9998], [(lab.a, "198.18.1.1", 9998, 5)]) == {9998: 5}
+    assert lab.counters()["keep"] == keep_before  # untouched by all of it
+    # Delete, and errors name what was wrong.
+    assert cli(lab, "rules", "delete", "c-9999").returncode == 0
+    assert udp_count(lab.net, lab.b, "0.0.0.0", [9999], [(lab.c, "198.18.2.1", 9999, 5)]) == {9999: 5}
+    gone = cli(lab, "rules", "delete", "c-9999")
+    assert gone.returncode == 1 and "rule_id" in gone.stderr and "c-9999" in gone.stderr
+    bad = cli(lab, "sets", "add", "bl", "198.18.1.300")
+    assert bad.returncode == 1 and "198.18.1.300" in bad.stderr
+    nosuch = cli(lab, "sets", "add", "nope", "198.18.1.0/24")
+    assert nosuch.returncode == 1 and "nope" in nosuch.stderr
+
+
+def test_dry_run_drops_nothing_and_counts_would_drops(lab: Lab, tmp_path: Path) -> None:
+    policy = tmp_path / "dry.yaml"
+    policy.write_text("rules:\n  - {id: would, action: drop, protocol: udp, "
+                      "src: [198.18.1.0/24], dst_ports: [9999]}\n")
+    diff = cli(lab, "policy", "diff", str(policy))
+    assert diff.returncode == 0 and "+ would" in diff.stdout
+    applied = cli(lab, "policy", "apply", "--dry-run", str(policy))
+    assert applied.returncode == 0, applied.stderr
+    assert "dry_run: true" in cli(lab, "policy", "get").stdout
+    argv = [sys.executable, "-m", "fwd", "events", "--socket", lab.agent.socket, "--count", "12",
+            "--duration", "20", "-o", "json"]
+    sub = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           cwd=Path(__file__).resolve().parents[2])
+    try:
+        time.sleep(1.0)
+        got = udp_count(lab.net, lab.b, "0.0.0.0", [9999], [(lab.a, "198.18.1.1", 9999, 12)])
+        out, err = sub.communicate(timeout=30)
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.wait()
+    assert got == {9999: 12}  # nothing dropped
+    stats = {s["rule_id"]: s for s in json.loads(cli(lab, "stats", "-o", "json").stdout)}
+    assert stats["would"]["would_drop_packets"] == 12 and stats["would"]["packets"] == 12
+    events = [json.loads(line) for line in out.splitlines()]
+    assert len(events) == 12, err
+    assert all(e["would_drop"] and not e["dropped"] and e["rule_id"] == "would" for e in events)
+    assert "no changes" in cli(lab, "policy", "diff", str(policy)).stdout.replace(
+        "~ dry_run: True -> False\n", "no changes\n")

@@ -5,11 +5,13 @@
 
 __all__ = (
     "Action",
+    "AddRuleRequest",
     "ApplyPolicyRequest",
     "ApplyPolicyResponse",
     "AttachMode",
     "ConfirmPolicyRequest",
     "ConfirmPolicyResponse",
+    "DeleteRuleRequest",
     "Event",
     "EventBatch",
     "EventServiceBase",
@@ -20,12 +22,18 @@ __all__ = (
     "InterfaceServiceBase",
     "InterfaceServiceStub",
     "InterfaceState",
+    "ListElementsRequest",
+    "ListElementsResponse",
     "ListHistoryRequest",
     "ListHistoryResponse",
     "ListInterfacesRequest",
     "ListInterfacesResponse",
     "ListRuleStatsRequest",
     "ListRuleStatsResponse",
+    "ListRulesRequest",
+    "ListRulesResponse",
+    "ListSetsRequest",
+    "ListSetsResponse",
     "NamedSet",
     "Policy",
     "PolicyServiceBase",
@@ -34,7 +42,15 @@ __all__ = (
     "RollbackPolicyRequest",
     "RollbackPolicyResponse",
     "Rule",
+    "RuleChangeResponse",
+    "RuleServiceBase",
+    "RuleServiceStub",
     "RuleStats",
+    "SetChangeResponse",
+    "SetElementsRequest",
+    "SetServiceBase",
+    "SetServiceStub",
+    "SetSummary",
     "SetType",
     "StatsServiceBase",
     "StatsServiceStub",
@@ -239,6 +255,40 @@ class SetType(betterproto2.Enum):
 
 
 @dataclass(eq=False, repr=False)
+class AddRuleRequest(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["AddRuleRequest"]
+
+    rule: "Rule | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+
+    position: "int | None" = betterproto2.field(
+        2, betterproto2.TYPE_UINT32, optional=True
+    )
+    """
+    Where: at most one of these; none appends the rule at the end.
+
+    0 = first
+    """
+
+    before_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    after_id: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    expect_revision: "int | None" = betterproto2.field(
+        5, betterproto2.TYPE_UINT64, optional=True
+    )
+
+    force: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
+
+
+default_message_pool.register_message("fwd.v1", "AddRuleRequest", AddRuleRequest)
+
+
+@dataclass(eq=False, repr=False)
 class ApplyPolicyRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
@@ -343,6 +393,25 @@ class ConfirmPolicyResponse(betterproto2.Message):
 default_message_pool.register_message(
     "fwd.v1", "ConfirmPolicyResponse", ConfirmPolicyResponse
 )
+
+
+@dataclass(eq=False, repr=False)
+class DeleteRuleRequest(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["DeleteRuleRequest"]
+
+    rule_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    expect_revision: "int | None" = betterproto2.field(
+        2, betterproto2.TYPE_UINT64, optional=True
+    )
+
+    force: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+
+
+default_message_pool.register_message("fwd.v1", "DeleteRuleRequest", DeleteRuleRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -536,6 +605,51 @@ default_message_pool.register_message("fwd.v1", "Interface", Interface)
 
 
 @dataclass(eq=False, repr=False)
+class ListElementsRequest(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["ListElementsRequest"]
+
+    set: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    page_size: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
+    """
+    0 means 1000; at most 10000.
+    """
+
+    page_token: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message(
+    "fwd.v1", "ListElementsRequest", ListElementsRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ListElementsResponse(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["ListElementsResponse"]
+
+    elements: "list[str]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING, repeated=True
+    )
+
+    next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    revision: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+
+    total: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+
+
+default_message_pool.register_message(
+    "fwd.v1", "ListElementsResponse", ListElementsResponse
+)
+
+
+@dataclass(eq=False, repr=False)
 class ListHistoryRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
@@ -620,6 +734,48 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class ListRulesRequest(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["ListRulesRequest"]
+
+    page_size: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
+    """
+    0 means 1000; at most 10000.
+    """
+
+    page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("fwd.v1", "ListRulesRequest", ListRulesRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ListRulesResponse(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["ListRulesResponse"]
+
+    rules: "list[Rule]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    revision: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+    """
+    The revision this page was read from.
+    """
+
+    total: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+
+
+default_message_pool.register_message("fwd.v1", "ListRulesResponse", ListRulesResponse)
+
+
+@dataclass(eq=False, repr=False)
 class ListRuleStatsRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
@@ -668,6 +824,34 @@ class ListRuleStatsResponse(betterproto2.Message):
 default_message_pool.register_message(
     "fwd.v1", "ListRuleStatsResponse", ListRuleStatsResponse
 )
+
+
+@dataclass(eq=False, repr=False)
+class ListSetsRequest(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["ListSetsRequest"]
+
+    pass
+
+
+default_message_pool.register_message("fwd.v1", "ListSetsRequest", ListSetsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ListSetsResponse(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["ListSetsResponse"]
+
+    sets: "list[SetSummary]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("fwd.v1", "ListSetsResponse", ListSetsResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -798,6 +982,11 @@ class RollbackPolicyRequest(betterproto2.Message):
     )
     """
     As in ApplyPolicyRequest: fail unless this is the current revision.
+    """
+
+    force: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    As in ApplyPolicyRequest: skip the anti-lockout check.
     """
 
 
@@ -944,6 +1133,21 @@ default_message_pool.register_message("fwd.v1", "Rule", Rule)
 
 
 @dataclass(eq=False, repr=False)
+class RuleChangeResponse(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["RuleChangeResponse"]
+
+    revision: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+
+
+default_message_pool.register_message(
+    "fwd.v1", "RuleChangeResponse", RuleChangeResponse
+)
+
+
+@dataclass(eq=False, repr=False)
 class RuleStats(betterproto2.Message):
     """
     Counters of one rule (or a reserved slot such as the default action),
@@ -990,6 +1194,63 @@ class RuleStats(betterproto2.Message):
 
 
 default_message_pool.register_message("fwd.v1", "RuleStats", RuleStats)
+
+
+@dataclass(eq=False, repr=False)
+class SetChangeResponse(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["SetChangeResponse"]
+
+    revision: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+
+
+default_message_pool.register_message("fwd.v1", "SetChangeResponse", SetChangeResponse)
+
+
+@dataclass(eq=False, repr=False)
+class SetElementsRequest(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["SetElementsRequest"]
+
+    set: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    elements: "list[str]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING, repeated=True
+    )
+
+    expect_revision: "int | None" = betterproto2.field(
+        3, betterproto2.TYPE_UINT64, optional=True
+    )
+
+    force: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+
+
+default_message_pool.register_message(
+    "fwd.v1", "SetElementsRequest", SetElementsRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class SetSummary(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["SetSummary"]
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    type: "SetType" = betterproto2.field(
+        2, betterproto2.TYPE_ENUM, default_factory=lambda: SetType(0)
+    )
+
+    size: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+
+
+default_message_pool.register_message("fwd.v1", "SetSummary", SetSummary)
 
 
 @dataclass(eq=False, repr=False)
@@ -1209,6 +1470,160 @@ class PolicyServiceStub(betterproto2_grpclib.ServiceStub):
         )
 
 
+class RuleServiceStub(betterproto2_grpclib.ServiceStub):
+    """
+    Incremental rule changes: only the rule's own map entries change, the
+    change is atomic and creates a new revision like ApplyPolicy.
+    """
+
+    async def add_rule(
+        self,
+        message: "AddRuleRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "RuleChangeResponse":
+        """
+        Insert a rule. INVALID_ARGUMENT names the bad field ("rule.src[0]",
+        "before_id" ...); FAILED_PRECONDITION for a stale expect_revision or a
+        rule that could drop the management traffic (unless force).
+        """
+
+        return await self._unary_unary(
+            "/fwd.v1.RuleService/AddRule",
+            message,
+            RuleChangeResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def delete_rule(
+        self,
+        message: "DeleteRuleRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "RuleChangeResponse":
+
+        return await self._unary_unary(
+            "/fwd.v1.RuleService/DeleteRule",
+            message,
+            RuleChangeResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_rules(
+        self,
+        message: "ListRulesRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListRulesResponse":
+        """
+        The rules in order, paged (never the whole table in one message).
+        """
+
+        return await self._unary_unary(
+            "/fwd.v1.RuleService/ListRules",
+            message,
+            ListRulesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+
+class SetServiceStub(betterproto2_grpclib.ServiceStub):
+    """
+    Named set elements, changed in batches without recompiling rules (prefix
+    sets) and atomically: packets see the set before or after the batch.
+    """
+
+    async def add_elements(
+        self,
+        message: "SetElementsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "SetChangeResponse":
+
+        return await self._unary_unary(
+            "/fwd.v1.SetService/AddElements",
+            message,
+            SetChangeResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def remove_elements(
+        self,
+        message: "SetElementsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "SetChangeResponse":
+
+        return await self._unary_unary(
+            "/fwd.v1.SetService/RemoveElements",
+            message,
+            SetChangeResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_sets(
+        self,
+        message: "ListSetsRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListSetsResponse":
+
+        if message is None:
+            message = ListSetsRequest()
+
+        return await self._unary_unary(
+            "/fwd.v1.SetService/ListSets",
+            message,
+            ListSetsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_elements(
+        self,
+        message: "ListElementsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListElementsResponse":
+        """
+        A set's elements, sorted, paged.
+        """
+
+        return await self._unary_unary(
+            "/fwd.v1.SetService/ListElements",
+            message,
+            ListElementsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+
 class StatsServiceStub(betterproto2_grpclib.ServiceStub):
     """
     Counters read from the data plane.
@@ -1237,7 +1652,7 @@ class StatsServiceStub(betterproto2_grpclib.ServiceStub):
 
 
 FWD_V1_FWD_PROTO_DESCRIPTOR = default_google_proto_descriptor_pool.AddSerializedFile(
-    b'\n\x10fwd/v1/fwd.proto\x12\x06fwd.v1"\xc3\x01\n\x06Policy\x125\n\x0edefault_action\x18\x01 \x01(\x0e2\x0e.fwd.v1.ActionR\rdefaultAction\x12\x17\n\x07dry_run\x18\x02 \x01(\x08R\x06dryRun\x12"\n\x05rules\x18\x03 \x03(\x0b2\x0c.fwd.v1.RuleR\x05rules\x12\x1f\n\x0blog_default\x18\x04 \x01(\x08R\nlogDefault\x12$\n\x04sets\x18\x05 \x03(\x0b2\x10.fwd.v1.NamedSetR\x04sets"_\n\x08NamedSet\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12#\n\x04type\x18\x02 \x01(\x0e2\x0f.fwd.v1.SetTypeR\x04type\x12\x1a\n\x08elements\x18\x03 \x03(\tR\x08elements"\xa1\x04\n\x04Rule\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12&\n\x06action\x18\x02 \x01(\x0e2\x0e.fwd.v1.ActionR\x06action\x12\x1a\n\x08protocol\x18\x03 \x01(\tR\x08protocol\x12\x10\n\x03src\x18\x04 \x03(\tR\x03src\x12\x10\n\x03dst\x18\x05 \x03(\tR\x03dst\x12\x1b\n\tsrc_ports\x18\x06 \x03(\tR\x08srcPorts\x12\x1b\n\tdst_ports\x18\x07 \x03(\tR\x08dstPorts\x12\x1e\n\ninterfaces\x18\x08 \x03(\tR\ninterfaces\x12\x10\n\x03log\x18\t \x01(\x08R\x03log\x12\x14\n\x05audit\x18\n \x01(\x08R\x05audit\x12\x1b\n\ttcp_flags\x18\x0b \x01(\tR\x08tcpFlags\x12 \n\ticmp_type\x18\x0c \x01(\rH\x00R\x08icmpType\x88\x01\x01\x12 \n\ticmp_code\x18\r \x01(\rH\x01R\x08icmpCode\x88\x01\x01\x12\x1f\n\x08fragment\x18\x0e \x01(\x08H\x02R\x08fragment\x88\x01\x01\x12\x17\n\x07src_set\x18\x0f \x01(\tR\x06srcSet\x12\x17\n\x07dst_set\x18\x10 \x01(\tR\x06dstSet\x12 \n\x0csrc_port_set\x18\x11 \x01(\tR\nsrcPortSet\x12 \n\x0cdst_port_set\x18\x12 \x01(\tR\ndstPortSetB\x0c\n\n_icmp_typeB\x0c\n\n_icmp_codeB\x0b\n\t_fragment"\x12\n\x10GetPolicyRequest"W\n\x11GetPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x12&\n\x06policy\x18\x02 \x01(\x0b2\x0e.fwd.v1.PolicyR\x06policy"\xca\x01\n\x12ApplyPolicyRequest\x12&\n\x06policy\x18\x01 \x01(\x0b2\x0e.fwd.v1.PolicyR\x06policy\x12,\n\x0fexpect_revision\x18\x02 \x01(\x04H\x00R\x0eexpectRevision\x88\x01\x01\x12\x14\n\x05force\x18\x03 \x01(\x08R\x05force\x124\n\x16confirm_within_seconds\x18\x04 \x01(\rR\x14confirmWithinSecondsB\x12\n\x10_expect_revision"j\n\x13ApplyPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x127\n\x18confirm_deadline_unix_ms\x18\x02 \x01(\x04R\x15confirmDeadlineUnixMs"D\n\x14ConfirmPolicyRequest\x12\x1f\n\x08revision\x18\x01 \x01(\x04H\x00R\x08revision\x88\x01\x01B\x0b\n\t_revision"3\n\x15ConfirmPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision"u\n\x15RollbackPolicyRequest\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x12,\n\x0fexpect_revision\x18\x02 \x01(\x04H\x00R\x0eexpectRevision\x88\x01\x01B\x12\n\x10_expect_revision"4\n\x16RollbackPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision"P\n\x12ListHistoryRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken"m\n\x13ListHistoryResponse\x12.\n\trevisions\x18\x01 \x03(\x0b2\x10.fwd.v1.RevisionR\trevisions\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken"\xb9\x01\n\x08Revision\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x12+\n\x12applied_at_unix_ms\x18\x02 \x01(\x04R\x0fappliedAtUnixMs\x12\x14\n\x05rules\x18\x03 \x01(\rR\x05rules\x125\n\x0edefault_action\x18\x04 \x01(\x0e2\x0e.fwd.v1.ActionR\rdefaultAction\x12\x17\n\x07dry_run\x18\x05 \x01(\x08R\x06dryRun"\x17\n\x15ListInterfacesRequest"K\n\x16ListInterfacesResponse\x121\n\ninterfaces\x18\x01 \x03(\x0b2\x11.fwd.v1.InterfaceR\ninterfaces"\xd7\x01\n\tInterface\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07ifindex\x18\x02 \x01(\rR\x07ifindex\x12&\n\x04mode\x18\x03 \x01(\x0e2\x12.fwd.v1.AttachModeR\x04mode\x12\x17\n\x07prog_id\x18\x04 \x01(\rR\x06progId\x12\x17\n\x07link_id\x18\x05 \x01(\rR\x06linkId\x12,\n\x05state\x18\x06 \x01(\x0e2\x16.fwd.v1.InterfaceStateR\x05state\x12\x14\n\x05error\x18\x07 \x01(\tR\x05error"R\n\x14ListRuleStatsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken"h\n\x15ListRuleStatsResponse\x12\'\n\x05stats\x18\x01 \x03(\x0b2\x11.fwd.v1.RuleStatsR\x05stats\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken"\xd4\x01\n\tRuleStats\x12\x17\n\x07rule_id\x18\x01 \x01(\tR\x06ruleId\x12&\n\x06action\x18\x02 \x01(\x0e2\x0e.fwd.v1.ActionR\x06action\x12\x18\n\x07packets\x18\x03 \x01(\x04R\x07packets\x12\x14\n\x05bytes\x18\x04 \x01(\x04R\x05bytes\x12,\n\x12would_drop_packets\x18\x05 \x01(\x04R\x10wouldDropPackets\x12(\n\x10would_drop_bytes\x18\x06 \x01(\x04R\x0ewouldDropBytes"\x93\x01\n\x10SubscribeRequest\x12(\n\x07actions\x18\x01 \x03(\x0e2\x0e.fwd.v1.ActionR\x07actions\x12\x19\n\x08rule_ids\x18\x02 \x03(\tR\x07ruleIds\x12\x1e\n\ninterfaces\x18\x03 \x03(\tR\ninterfaces\x12\x1a\n\x08prefixes\x18\x04 \x03(\tR\x08prefixes"G\n\nEventBatch\x12%\n\x06events\x18\x01 \x03(\x0b2\r.fwd.v1.EventR\x06events\x12\x12\n\x04lost\x18\x02 \x01(\x04R\x04lost"\xe4\x03\n\x05Event\x12 \n\x0ctime_unix_ns\x18\x01 \x01(\x04R\ntimeUnixNs\x12\x1c\n\tinterface\x18\x02 \x01(\tR\tinterface\x12\x18\n\x07ifindex\x18\x03 \x01(\rR\x07ifindex\x12\x17\n\x07rule_id\x18\x04 \x01(\tR\x06ruleId\x12&\n\x06action\x18\x05 \x01(\x0e2\x0e.fwd.v1.ActionR\x06action\x12\x18\n\x07dropped\x18\x06 \x01(\x08R\x07dropped\x12\x17\n\x07dry_run\x18\x07 \x01(\x08R\x06dryRun\x12\x1d\n\nwould_drop\x18\x08 \x01(\x08R\twouldDrop\x12%\n\x0edefault_action\x18\t \x01(\x08R\rdefaultAction\x12\x1c\n\tmalformed\x18\n \x01(\x08R\tmalformed\x12\x10\n\x03src\x18\x0b \x01(\tR\x03src\x12\x10\n\x03dst\x18\x0c \x01(\tR\x03dst\x12\x19\n\x08src_port\x18\r \x01(\rR\x07srcPort\x12\x19\n\x08dst_port\x18\x0e \x01(\rR\x07dstPort\x12\x1a\n\x08protocol\x18\x0f \x01(\rR\x08protocol\x12\x1b\n\ttcp_flags\x18\x10 \x01(\rR\x08tcpFlags\x12\x16\n\x06length\x18\x11 \x01(\rR\x06length*A\n\x06Action\x12\x14\n\x12ACTION_UNSPECIFIED\x12\x10\n\x0cACTION_ALLOW\x10\x01\x12\x0f\n\x0bACTION_DROP\x10\x02*I\n\x07SetType\x12\x16\n\x14SET_TYPE_UNSPECIFIED\x12\x13\n\x0fSET_TYPE_PREFIX\x10\x01\x12\x11\n\rSET_TYPE_PORT\x10\x02*j\n\nAttachMode\x12\x12\n\x10ATTACH_MODE_NONE\x12\x16\n\x12ATTACH_MODE_NATIVE\x10\x01\x12\x17\n\x13ATTACH_MODE_GENERIC\x10\x02\x12\x17\n\x13ATTACH_MODE_OFFLOAD\x10\x03*\x87\x01\n\x0eInterfaceState\x12\x1d\n\x1bINTERFACE_STATE_UNSPECIFIED\x12\x1c\n\x18INTERFACE_STATE_ATTACHED\x10\x01\x12\x1c\n\x18INTERFACE_STATE_EXCLUDED\x10\x02\x12\x1a\n\x16INTERFACE_STATE_FAILED\x10\x032\x80\x03\n\rPolicyService\x12@\n\tGetPolicy\x12\x18.fwd.v1.GetPolicyRequest\x1a\x19.fwd.v1.GetPolicyResponse\x12F\n\x0bApplyPolicy\x12\x1a.fwd.v1.ApplyPolicyRequest\x1a\x1b.fwd.v1.ApplyPolicyResponse\x12L\n\rConfirmPolicy\x12\x1c.fwd.v1.ConfirmPolicyRequest\x1a\x1d.fwd.v1.ConfirmPolicyResponse\x12O\n\x0eRollbackPolicy\x12\x1d.fwd.v1.RollbackPolicyRequest\x1a\x1e.fwd.v1.RollbackPolicyResponse\x12F\n\x0bListHistory\x12\x1a.fwd.v1.ListHistoryRequest\x1a\x1b.fwd.v1.ListHistoryResponse2c\n\x10InterfaceService\x12O\n\x0eListInterfaces\x12\x1d.fwd.v1.ListInterfacesRequest\x1a\x1e.fwd.v1.ListInterfacesResponse2\\\n\x0cStatsService\x12L\n\rListRuleStats\x12\x1c.fwd.v1.ListRuleStatsRequest\x1a\x1d.fwd.v1.ListRuleStatsResponse2K\n\x0cEventService\x12;\n\tSubscribe\x12\x18.fwd.v1.SubscribeRequest\x1a\x12.fwd.v1.EventBatch0\x01b\x06proto3'
+    b'\n\x10fwd/v1/fwd.proto\x12\x06fwd.v1"\xc3\x01\n\x06Policy\x125\n\x0edefault_action\x18\x01 \x01(\x0e2\x0e.fwd.v1.ActionR\rdefaultAction\x12\x17\n\x07dry_run\x18\x02 \x01(\x08R\x06dryRun\x12"\n\x05rules\x18\x03 \x03(\x0b2\x0c.fwd.v1.RuleR\x05rules\x12\x1f\n\x0blog_default\x18\x04 \x01(\x08R\nlogDefault\x12$\n\x04sets\x18\x05 \x03(\x0b2\x10.fwd.v1.NamedSetR\x04sets"_\n\x08NamedSet\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12#\n\x04type\x18\x02 \x01(\x0e2\x0f.fwd.v1.SetTypeR\x04type\x12\x1a\n\x08elements\x18\x03 \x03(\tR\x08elements"\xa1\x04\n\x04Rule\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12&\n\x06action\x18\x02 \x01(\x0e2\x0e.fwd.v1.ActionR\x06action\x12\x1a\n\x08protocol\x18\x03 \x01(\tR\x08protocol\x12\x10\n\x03src\x18\x04 \x03(\tR\x03src\x12\x10\n\x03dst\x18\x05 \x03(\tR\x03dst\x12\x1b\n\tsrc_ports\x18\x06 \x03(\tR\x08srcPorts\x12\x1b\n\tdst_ports\x18\x07 \x03(\tR\x08dstPorts\x12\x1e\n\ninterfaces\x18\x08 \x03(\tR\ninterfaces\x12\x10\n\x03log\x18\t \x01(\x08R\x03log\x12\x14\n\x05audit\x18\n \x01(\x08R\x05audit\x12\x1b\n\ttcp_flags\x18\x0b \x01(\tR\x08tcpFlags\x12 \n\ticmp_type\x18\x0c \x01(\rH\x00R\x08icmpType\x88\x01\x01\x12 \n\ticmp_code\x18\r \x01(\rH\x01R\x08icmpCode\x88\x01\x01\x12\x1f\n\x08fragment\x18\x0e \x01(\x08H\x02R\x08fragment\x88\x01\x01\x12\x17\n\x07src_set\x18\x0f \x01(\tR\x06srcSet\x12\x17\n\x07dst_set\x18\x10 \x01(\tR\x06dstSet\x12 \n\x0csrc_port_set\x18\x11 \x01(\tR\nsrcPortSet\x12 \n\x0cdst_port_set\x18\x12 \x01(\tR\ndstPortSetB\x0c\n\n_icmp_typeB\x0c\n\n_icmp_codeB\x0b\n\t_fragment"\x12\n\x10GetPolicyRequest"W\n\x11GetPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x12&\n\x06policy\x18\x02 \x01(\x0b2\x0e.fwd.v1.PolicyR\x06policy"\xca\x01\n\x12ApplyPolicyRequest\x12&\n\x06policy\x18\x01 \x01(\x0b2\x0e.fwd.v1.PolicyR\x06policy\x12,\n\x0fexpect_revision\x18\x02 \x01(\x04H\x00R\x0eexpectRevision\x88\x01\x01\x12\x14\n\x05force\x18\x03 \x01(\x08R\x05force\x124\n\x16confirm_within_seconds\x18\x04 \x01(\rR\x14confirmWithinSecondsB\x12\n\x10_expect_revision"j\n\x13ApplyPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x127\n\x18confirm_deadline_unix_ms\x18\x02 \x01(\x04R\x15confirmDeadlineUnixMs"D\n\x14ConfirmPolicyRequest\x12\x1f\n\x08revision\x18\x01 \x01(\x04H\x00R\x08revision\x88\x01\x01B\x0b\n\t_revision"3\n\x15ConfirmPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision"\x8b\x01\n\x15RollbackPolicyRequest\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x12,\n\x0fexpect_revision\x18\x02 \x01(\x04H\x00R\x0eexpectRevision\x88\x01\x01\x12\x14\n\x05force\x18\x03 \x01(\x08R\x05forceB\x12\n\x10_expect_revision"4\n\x16RollbackPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision"P\n\x12ListHistoryRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken"m\n\x13ListHistoryResponse\x12.\n\trevisions\x18\x01 \x03(\x0b2\x10.fwd.v1.RevisionR\trevisions\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken"\xb9\x01\n\x08Revision\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x12+\n\x12applied_at_unix_ms\x18\x02 \x01(\x04R\x0fappliedAtUnixMs\x12\x14\n\x05rules\x18\x03 \x01(\rR\x05rules\x125\n\x0edefault_action\x18\x04 \x01(\x0e2\x0e.fwd.v1.ActionR\rdefaultAction\x12\x17\n\x07dry_run\x18\x05 \x01(\x08R\x06dryRun"\x17\n\x15ListInterfacesRequest"K\n\x16ListInterfacesResponse\x121\n\ninterfaces\x18\x01 \x03(\x0b2\x11.fwd.v1.InterfaceR\ninterfaces"\xd7\x01\n\tInterface\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07ifindex\x18\x02 \x01(\rR\x07ifindex\x12&\n\x04mode\x18\x03 \x01(\x0e2\x12.fwd.v1.AttachModeR\x04mode\x12\x17\n\x07prog_id\x18\x04 \x01(\rR\x06progId\x12\x17\n\x07link_id\x18\x05 \x01(\rR\x06linkId\x12,\n\x05state\x18\x06 \x01(\x0e2\x16.fwd.v1.InterfaceStateR\x05state\x12\x14\n\x05error\x18\x07 \x01(\tR\x05error"R\n\x14ListRuleStatsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken"h\n\x15ListRuleStatsResponse\x12\'\n\x05stats\x18\x01 \x03(\x0b2\x11.fwd.v1.RuleStatsR\x05stats\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken"\xd4\x01\n\tRuleStats\x12\x17\n\x07rule_id\x18\x01 \x01(\tR\x06ruleId\x12&\n\x06action\x18\x02 \x01(\x0e2\x0e.fwd.v1.ActionR\x06action\x12\x18\n\x07packets\x18\x03 \x01(\x04R\x07packets\x12\x14\n\x05bytes\x18\x04 \x01(\x04R\x05bytes\x12,\n\x12would_drop_packets\x18\x05 \x01(\x04R\x10wouldDropPackets\x12(\n\x10would_drop_bytes\x18\x06 \x01(\x04R\x0ewouldDropBytes"\x93\x01\n\x10SubscribeRequest\x12(\n\x07actions\x18\x01 \x03(\x0e2\x0e.fwd.v1.ActionR\x07actions\x12\x19\n\x08rule_ids\x18\x02 \x03(\tR\x07ruleIds\x12\x1e\n\ninterfaces\x18\x03 \x03(\tR\ninterfaces\x12\x1a\n\x08prefixes\x18\x04 \x03(\tR\x08prefixes"G\n\nEventBatch\x12%\n\x06events\x18\x01 \x03(\x0b2\r.fwd.v1.EventR\x06events\x12\x12\n\x04lost\x18\x02 \x01(\x04R\x04lost"\xe4\x03\n\x05Event\x12 \n\x0ctime_unix_ns\x18\x01 \x01(\x04R\ntimeUnixNs\x12\x1c\n\tinterface\x18\x02 \x01(\tR\tinterface\x12\x18\n\x07ifindex\x18\x03 \x01(\rR\x07ifindex\x12\x17\n\x07rule_id\x18\x04 \x01(\tR\x06ruleId\x12&\n\x06action\x18\x05 \x01(\x0e2\x0e.fwd.v1.ActionR\x06action\x12\x18\n\x07dropped\x18\x06 \x01(\x08R\x07dropped\x12\x17\n\x07dry_run\x18\x07 \x01(\x08R\x06dryRun\x12\x1d\n\nwould_drop\x18\x08 \x01(\x08R\twouldDrop\x12%\n\x0edefault_action\x18\t \x01(\x08R\rdefaultAction\x12\x1c\n\tmalformed\x18\n \x01(\x08R\tmalformed\x12\x10\n\x03src\x18\x0b \x01(\tR\x03src\x12\x10\n\x03dst\x18\x0c \x01(\tR\x03dst\x12\x19\n\x08src_port\x18\r \x01(\rR\x07srcPort\x12\x19\n\x08dst_port\x18\x0e \x01(\rR\x07dstPort\x12\x1a\n\x08protocol\x18\x0f \x01(\rR\x08protocol\x12\x1b\n\ttcp_flags\x18\x10 \x01(\rR\x08tcpFlags\x12\x16\n\x06length\x18\x11 \x01(\rR\x06length"\xf0\x01\n\x0eAddRuleRequest\x12 \n\x04rule\x18\x01 \x01(\x0b2\x0c.fwd.v1.RuleR\x04rule\x12\x1f\n\x08position\x18\x02 \x01(\rH\x00R\x08position\x88\x01\x01\x12\x1b\n\tbefore_id\x18\x03 \x01(\tR\x08beforeId\x12\x19\n\x08after_id\x18\x04 \x01(\tR\x07afterId\x12,\n\x0fexpect_revision\x18\x05 \x01(\x04H\x01R\x0eexpectRevision\x88\x01\x01\x12\x14\n\x05force\x18\x06 \x01(\x08R\x05forceB\x0b\n\t_positionB\x12\n\x10_expect_revision"\x84\x01\n\x11DeleteRuleRequest\x12\x17\n\x07rule_id\x18\x01 \x01(\tR\x06ruleId\x12,\n\x0fexpect_revision\x18\x02 \x01(\x04H\x00R\x0eexpectRevision\x88\x01\x01\x12\x14\n\x05force\x18\x03 \x01(\x08R\x05forceB\x12\n\x10_expect_revision"0\n\x12RuleChangeResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision"N\n\x10ListRulesRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken"\x91\x01\n\x11ListRulesResponse\x12"\n\x05rules\x18\x01 \x03(\x0b2\x0c.fwd.v1.RuleR\x05rules\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n\x08revision\x18\x03 \x01(\x04R\x08revision\x12\x14\n\x05total\x18\x04 \x01(\x04R\x05total"\x9a\x01\n\x12SetElementsRequest\x12\x10\n\x03set\x18\x01 \x01(\tR\x03set\x12\x1a\n\x08elements\x18\x02 \x03(\tR\x08elements\x12,\n\x0fexpect_revision\x18\x03 \x01(\x04H\x00R\x0eexpectRevision\x88\x01\x01\x12\x14\n\x05force\x18\x04 \x01(\x08R\x05forceB\x12\n\x10_expect_revision"/\n\x11SetChangeResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision"\x11\n\x0fListSetsRequest":\n\x10ListSetsResponse\x12&\n\x04sets\x18\x01 \x03(\x0b2\x12.fwd.v1.SetSummaryR\x04sets"Y\n\nSetSummary\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12#\n\x04type\x18\x02 \x01(\x0e2\x0f.fwd.v1.SetTypeR\x04type\x12\x12\n\x04size\x18\x03 \x01(\x04R\x04size"c\n\x13ListElementsRequest\x12\x10\n\x03set\x18\x01 \x01(\tR\x03set\x12\x1b\n\tpage_size\x18\x02 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken"\x8c\x01\n\x14ListElementsResponse\x12\x1a\n\x08elements\x18\x01 \x03(\tR\x08elements\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n\x08revision\x18\x03 \x01(\x04R\x08revision\x12\x14\n\x05total\x18\x04 \x01(\x04R\x05total*A\n\x06Action\x12\x14\n\x12ACTION_UNSPECIFIED\x12\x10\n\x0cACTION_ALLOW\x10\x01\x12\x0f\n\x0bACTION_DROP\x10\x02*I\n\x07SetType\x12\x16\n\x14SET_TYPE_UNSPECIFIED\x12\x13\n\x0fSET_TYPE_PREFIX\x10\x01\x12\x11\n\rSET_TYPE_PORT\x10\x02*j\n\nAttachMode\x12\x12\n\x10ATTACH_MODE_NONE\x12\x16\n\x12ATTACH_MODE_NATIVE\x10\x01\x12\x17\n\x13ATTACH_MODE_GENERIC\x10\x02\x12\x17\n\x13ATTACH_MODE_OFFLOAD\x10\x03*\x87\x01\n\x0eInterfaceState\x12\x1d\n\x1bINTERFACE_STATE_UNSPECIFIED\x12\x1c\n\x18INTERFACE_STATE_ATTACHED\x10\x01\x12\x1c\n\x18INTERFACE_STATE_EXCLUDED\x10\x02\x12\x1a\n\x16INTERFACE_STATE_FAILED\x10\x032\x80\x03\n\rPolicyService\x12@\n\tGetPolicy\x12\x18.fwd.v1.GetPolicyRequest\x1a\x19.fwd.v1.GetPolicyResponse\x12F\n\x0bApplyPolicy\x12\x1a.fwd.v1.ApplyPolicyRequest\x1a\x1b.fwd.v1.ApplyPolicyResponse\x12L\n\rConfirmPolicy\x12\x1c.fwd.v1.ConfirmPolicyRequest\x1a\x1d.fwd.v1.ConfirmPolicyResponse\x12O\n\x0eRollbackPolicy\x12\x1d.fwd.v1.RollbackPolicyRequest\x1a\x1e.fwd.v1.RollbackPolicyResponse\x12F\n\x0bListHistory\x12\x1a.fwd.v1.ListHistoryRequest\x1a\x1b.fwd.v1.ListHistoryResponse2c\n\x10InterfaceService\x12O\n\x0eListInterfaces\x12\x1d.fwd.v1.ListInterfacesRequest\x1a\x1e.fwd.v1.ListInterfacesResponse2\\\n\x0cStatsService\x12L\n\rListRuleStats\x12\x1c.fwd.v1.ListRuleStatsRequest\x1a\x1d.fwd.v1.ListRuleStatsResponse2K\n\x0cEventService\x12;\n\tSubscribe\x12\x18.fwd.v1.SubscribeRequest\x1a\x12.fwd.v1.EventBatch0\x012\xd3\x01\n\x0bRuleService\x12=\n\x07AddRule\x12\x16.fwd.v1.AddRuleRequest\x1a\x1a.fwd.v1.RuleChangeResponse\x12C\n\nDeleteRule\x12\x19.fwd.v1.DeleteRuleRequest\x1a\x1a.fwd.v1.RuleChangeResponse\x12@\n\tListRules\x12\x18.fwd.v1.ListRulesRequest\x1a\x19.fwd.v1.ListRulesResponse2\xa5\x02\n\nSetService\x12D\n\x0bAddElements\x12\x1a.fwd.v1.SetElementsRequest\x1a\x19.fwd.v1.SetChangeResponse\x12G\n\x0eRemoveElements\x12\x1a.fwd.v1.SetElementsRequest\x1a\x19.fwd.v1.SetChangeResponse\x12=\n\x08ListSets\x12\x17.fwd.v1.ListSetsRequest\x1a\x18.fwd.v1.ListSetsResponse\x12I\n\x0cListElements\x12\x1b.fwd.v1.ListElementsRequest\x1a\x1c.fwd.v1.ListElementsResponseb\x06proto3'
 )
 
 
@@ -1442,6 +1857,169 @@ class PolicyServiceBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ListHistoryRequest,
                 ListHistoryResponse,
+            ),
+        }
+
+
+class RuleServiceBase(betterproto2_grpclib.ServiceBase):
+    """
+    Incremental rule changes: only the rule's own map entries change, the
+    change is atomic and creates a new revision like ApplyPolicy.
+    """
+
+    async def add_rule(self, message: "AddRuleRequest") -> "RuleChangeResponse":
+        """
+        Insert a rule. INVALID_ARGUMENT names the bad field ("rule.src[0]",
+        "before_id" ...); FAILED_PRECONDITION for a stale expect_revision or a
+        rule that could drop the management traffic (unless force).
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def delete_rule(self, message: "DeleteRuleRequest") -> "RuleChangeResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_rules(self, message: "ListRulesRequest") -> "ListRulesResponse":
+        """
+        The rules in order, paged (never the whole table in one message).
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def __rpc_add_rule(
+        self, stream: "grpclib.server.Stream[AddRuleRequest, RuleChangeResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.add_rule(request)
+        await stream.send_message(response)
+
+    async def __rpc_delete_rule(
+        self, stream: "grpclib.server.Stream[DeleteRuleRequest, RuleChangeResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.delete_rule(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_rules(
+        self, stream: "grpclib.server.Stream[ListRulesRequest, ListRulesResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.list_rules(request)
+        await stream.send_message(response)
+
+    def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
+        return {
+            "/fwd.v1.RuleService/AddRule": grpclib.const.Handler(
+                self.__rpc_add_rule,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                AddRuleRequest,
+                RuleChangeResponse,
+            ),
+            "/fwd.v1.RuleService/DeleteRule": grpclib.const.Handler(
+                self.__rpc_delete_rule,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                DeleteRuleRequest,
+                RuleChangeResponse,
+            ),
+            "/fwd.v1.RuleService/ListRules": grpclib.const.Handler(
+                self.__rpc_list_rules,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListRulesRequest,
+                ListRulesResponse,
+            ),
+        }
+
+
+class SetServiceBase(betterproto2_grpclib.ServiceBase):
+    """
+    Named set elements, changed in batches without recompiling rules (prefix
+    sets) and atomically: packets see the set before or after the batch.
+    """
+
+    async def add_elements(self, message: "SetElementsRequest") -> "SetChangeResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def remove_elements(
+        self, message: "SetElementsRequest"
+    ) -> "SetChangeResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_sets(self, message: "ListSetsRequest") -> "ListSetsResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_elements(
+        self, message: "ListElementsRequest"
+    ) -> "ListElementsResponse":
+        """
+        A set's elements, sorted, paged.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def __rpc_add_elements(
+        self, stream: "grpclib.server.Stream[SetElementsRequest, SetChangeResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.add_elements(request)
+        await stream.send_message(response)
+
+    async def __rpc_remove_elements(
+        self, stream: "grpclib.server.Stream[SetElementsRequest, SetChangeResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.remove_elements(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_sets(
+        self, stream: "grpclib.server.Stream[ListSetsRequest, ListSetsResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.list_sets(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_elements(
+        self, stream: "grpclib.server.Stream[ListElementsRequest, ListElementsResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.list_elements(request)
+        await stream.send_message(response)
+
+    def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
+        return {
+            "/fwd.v1.SetService/AddElements": grpclib.const.Handler(
+                self.__rpc_add_elements,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                SetElementsRequest,
+                SetChangeResponse,
+            ),
+            "/fwd.v1.SetService/RemoveElements": grpclib.const.Handler(
+                self.__rpc_remove_elements,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                SetElementsRequest,
+                SetChangeResponse,
+            ),
+            "/fwd.v1.SetService/ListSets": grpclib.const.Handler(
+                self.__rpc_list_sets,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListSetsRequest,
+                ListSetsResponse,
+            ),
+            "/fwd.v1.SetService/ListElements": grpclib.const.Handler(
+                self.__rpc_list_elements,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListElementsRequest,
+                ListElementsResponse,
             ),
         }
 
