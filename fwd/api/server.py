@@ -35,6 +35,7 @@ from grpclib.server import Server
 
 from fwd import messages
 from fwd.api import convert, tls, wire
+from fwd.api.fastwire import EncodedEventBatch, encode_batch, encode_event
 from fwd.api.gen.fwd import v1 as pb
 from fwd.api.gen.google_proto_descriptor_pool import (
     default_google_proto_descriptor_pool,
@@ -475,10 +476,9 @@ class _EventService(pb.EventServiceBase):
         batches = await self._api.subscribe(flt)
         with batches:
             async for batch in batches:
-                yield pb.EventBatch(
-                    events=[convert.event_to_proto(e, names.get(e.ifindex, "")) for e in batch.events],
-                    lost=batch.lost,
-                )
+                # Hand-encoded: betterproto2 objects per event cannot keep up with a flood.
+                encoded = [encode_event(e, names.get(e.ifindex, "")) for e in batch.events]
+                yield EncodedEventBatch(encode_batch(encoded, batch.lost))
 
 
 class _RuleService(pb.RuleServiceBase):
