@@ -290,6 +290,19 @@ def _run_client(command: Command, args: argparse.Namespace, out: TextIO, err: Te
 
 
 def _agent(args: argparse.Namespace) -> int:
+    if args.cleanup:
+        from fwd.cleanup import cleanup
+        from fwd.errors import FwdError
+
+        try:
+            removed = cleanup(args.bpffs)
+        except FwdError as exc:
+            print(f"fwd: {exc}", file=sys.stderr)
+            return 1
+        for what in removed:
+            print(f"removed {what}")
+        print(f"fwd: nothing of fwd's is left under {args.bpffs}")
+        return 0
     from fwd import agent  # lazily: it pulls in libbpf and netlink
 
     settings = Settings(
@@ -443,6 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--tls-key", default="", metavar="FILE", help="agent key")
     agent.add_argument(
         "--tls-client-ca", default="", metavar="FILE", help="CA that signs client certificates"
+    )
+    agent.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="do not run: detach every XDP link this agent pinned under --bpffs and remove "
+        "its pins (other XDP programs and the state directory are left alone), then exit",
     )
     agent.add_argument(
         "--dry-run",

@@ -44,3 +44,33 @@ def test_notify_ready_watchdog_and_stopping(netns: Netns, tmp_path: Path) -> Non
             assert b"STOPPING=1" in rest
         finally:
             agent.stop(signal.SIGKILL)
+
+
+def test_cleanup_removes_what_fwd_owns_and_nothing_else(netns: Netns, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.e2e.agentproc import ROOT, xdp_prog_id
+
+    ns = netns.make_netns()
+    netns.veth_pair(ns, "mine0", ns, "mine1")
+    netns.veth_pair(ns, "other0", ns, "other1")
+    pins = netns.pin_dir()
+    agent = AgentProcess(ns, tmp_path, pins, "--exclude", "other*")
+    agent.start()
+    assert agent.stop() == 0
+    assert xdp_prog_id(ns, "mine0") and xdp_prog_id(ns, "mine1")  # kept after a clean stop
+    # Someone else's XDP program on another link must survive the cleanup.
+    subprocess.run(["ip", "-n", ns, "link", "set", "dev", "other0", "xdpgeneric", "obj",
+                    str(ROOT / "bpf/build/fwd.bpf.o"), "sec", "xdp"], check=True)
+    other = xdp_prog_id(ns, "other0")
+    assert other
+    out = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-m", "fwd", "agent", "--cleanup",
+         "--bpffs", str(pins)], capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("removed link") == 2
+    assert xdp_prog_id(ns, "mine0") == 0 and xdp_prog_id(ns, "mine1") == 0
+    assert xdp_prog_id(ns, "other0") == other
+    assert not pins.exists()
+    assert (tmp_path / "state" / "fwd.db").exists()  # desired state is not fwd's to delete
