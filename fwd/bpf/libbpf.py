@@ -414,6 +414,19 @@ def obj_get(path: str) -> int:
     return check(int(bpf_obj_get(os.fsencode(path))), f"bpf_obj_get({path})")
 
 
+def obj_get_info(path: str, info: S, kind: str) -> tuple[int, S]:
+    """Open the object pinned at ``path`` and fill ``info`` for it; the caller owns the fd.
+
+    The fd is closed again if reading the info fails, so nothing leaks.
+    """
+    fd = obj_get(path)
+    try:
+        return fd, obj_info(fd, info, f"{kind} pinned at {path}")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def obj_info(fd: int, info: S, what: str) -> S:
     """Fill ``info`` (a prefix of a bpf_*_info struct) for the object behind ``fd``."""
     length = c_uint32(ctypes.sizeof(info))

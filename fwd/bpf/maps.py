@@ -54,12 +54,7 @@ class Map(Handle):
     def from_pinned(cls, path: str | os.PathLike[str]) -> Map:
         """Open the map pinned at ``path``; the returned handle owns its fd."""
         p = os.fspath(path)
-        fd = libbpf.obj_get(p)
-        try:
-            info = libbpf.obj_info(fd, libbpf.MapInfo(), f"map pinned at {p}")
-        except BaseException:
-            os.close(fd)
-            raise
+        fd, info = libbpf.obj_get_info(p, libbpf.MapInfo(), "map")
         m = cls(info.name.decode(errors="replace"), fd=fd, info=info)
         m._pin_path = p
         return m

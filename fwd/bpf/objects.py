@@ -64,12 +64,7 @@ class Program(Handle):
     def from_pinned(cls, path: str | os.PathLike[str]) -> Program:
         """Open the program pinned at ``path``; the returned handle owns its fd."""
         p = os.fspath(path)
-        fd = libbpf.obj_get(p)
-        try:
-            info = libbpf.obj_info(fd, libbpf.ProgInfo(), f"program pinned at {p}")
-        except BaseException:
-            os.close(fd)
-            raise
+        fd, info = libbpf.obj_get_info(p, libbpf.ProgInfo(), "program")
         prog = cls(info.name.decode(errors="replace"), fd=fd)
         prog._pin_path = p
         return prog

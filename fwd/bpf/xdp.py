@@ -50,14 +50,10 @@ class XdpLink(Handle):
     def open_pinned(cls, path: str | os.PathLike[str]) -> XdpLink:
         """Open the link pinned at ``path`` (e.g. one a previous agent left)."""
         p = os.fspath(path)
-        fd = libbpf.obj_get(p)
-        try:
-            info = libbpf.obj_info(fd, libbpf.LinkInfo(), f"link pinned at {p}")
-            if info.type != libbpf.BPF_LINK_TYPE_XDP:
-                raise BpfError(f"{p} is a bpf link of type {info.type}, not XDP", 22)
-        except BaseException:
+        fd, info = libbpf.obj_get_info(p, libbpf.LinkInfo(), "link")
+        if info.type != libbpf.BPF_LINK_TYPE_XDP:
             os.close(fd)
-            raise
+            raise BpfError(f"{p} is a bpf link of type {info.type}, not XDP", 22)
         link = cls(fd, f"ifindex {info.xdp_ifindex}")
         link._pin_path = p
         return link
