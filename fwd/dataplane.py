@@ -140,20 +140,19 @@ class Dataplane:
         for slot in slots:
             self._counters.update(_U32.pack(slot), zero)
 
+    def _sum_cpus(self, raw: bytes | None) -> SlotCounters:
+        """One slot's per-CPU counter values summed (None: an unread slot, zero)."""
+        p = b = wp = wb = 0
+        if raw is not None:
+            stride = (self._counters.value_size + 7) // 8 * 8
+            for cpu in range(self._ncpus):
+                cp, cb, cwp, cwb = _COUNTER.unpack_from(raw, cpu * stride)
+                p, b, wp, wb = p + cp, b + cb, wp + cwp, wb + cwb
+        return SlotCounters(p, b, wp, wb)
+
     def read_counters(self, slots: Iterable[int]) -> dict[int, SlotCounters]:
-        """Sum the per-CPU counters of ``slots``."""
-        stride = (self._counters.value_size + 7) // 8 * 8
-        out: dict[int, SlotCounters] = {}
-        for slot in slots:
-            raw = self._counters.lookup(_U32.pack(slot))
-            sums = [0, 0, 0, 0]
-            if raw is not None:
-                for cpu in range(self._ncpus):
-                    vals = _COUNTER.unpack_from(raw, cpu * stride)
-                    for i in range(4):
-                        sums[i] += vals[i]
-            out[slot] = SlotCounters(*sums)
-        return out
+        """Sum the per-CPU counters of ``slots``, one lookup each (for a few slots)."""
+        return {slot: self._sum_cpus(self._counters.lookup(_U32.pack(slot))) for slot in slots}
 
 
     def read_counters_batch(self, slots: Collection[int]) -> dict[int, SlotCounters]:
@@ -169,17 +168,11 @@ class Dataplane:
         if not wanted:
             return {}
         last = max(wanted)
-        zero = SlotCounters(0, 0, 0, 0)
-        out = dict.fromkeys(wanted, zero)
-        stride = (self._counters.value_size + 7) // 8 * 8
+        out = dict.fromkeys(wanted, self._sum_cpus(None))
         for key, raw in self._counters.lookup_batch(chunk=min(last + 1, 4096)):
             slot = _U32.unpack(key)[0]
             if slot in wanted:
-                p = b = wp = wb = 0
-                for cpu in range(self._ncpus):
-                    cp, cb, cwp, cwb = _COUNTER.unpack_from(raw, cpu * stride)
-                    p, b, wp, wb = p + cp, b + cb, wp + cwp, wb + cwb
-                out[slot] = SlotCounters(p, b, wp, wb)
+                out[slot] = self._sum_cpus(raw)
             if slot >= last:
                 break
         return out

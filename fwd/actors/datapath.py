@@ -363,7 +363,10 @@ class Datapath:
         e = self._engine
         policy = e.policy
         slots = e.slots
-        counters = self._dp.read_counters(list(RESERVED_SLOTS) + [slots[r.id] for r in policy.rules])
+        # Every rule's slot: batch lookups (a few syscalls) instead of one per slot.
+        counters = self._dp.read_counters_batch(
+            list(RESERVED_SLOTS) + [slots[r.id] for r in policy.rules]
+        )
         out: list[RuleStats] = []
         for slot, name in RESERVED_SLOTS.items():
             c = counters[slot]
