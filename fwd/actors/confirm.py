@@ -32,7 +32,6 @@ from fwd.messages import (
     ApplyRevision,
     ArmConfirm,
     ConfirmCommand,
-    ConfirmRevision,
     DatapathCommand,
     PendingConfirm,
     Reply,

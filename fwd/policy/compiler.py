@@ -23,7 +23,7 @@ import bisect
 import ctypes
 import struct
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from fwd.bpf import abi
 from fwd.errors import CapacityError

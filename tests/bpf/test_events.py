@@ -7,7 +7,6 @@ lo). The ring buffer is read with fwd.bpf.ringbuf's direct mmap reader.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import os
 import struct
 import subprocess

@@ -24,7 +24,7 @@ from grpclib.exceptions import GRPCError
 from fwd.api import convert
 from fwd.api.client import Client
 from fwd.api.gen.fwd import v1 as pb
-from fwd.policy.model import Policy, policy_from_dict
+from fwd.policy.model import policy_from_dict
 from tests.e2e.agentproc import UDP, AgentProcess, udp_count, xdp_prog_id
 from tests.netns import Netns, run, run_in
 

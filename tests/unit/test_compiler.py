@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from fwd.bpf import abi
 from fwd.errors import CapacityError, PolicyError
-from fwd.policy import compiler
 from fwd.policy.compiler import (
     KEY,
     PRIO_SPACING,
@@ -31,7 +30,7 @@ from fwd.policy.compiler import (
 )
 from fwd.policy.engine import Engine
 from fwd.policy.model import Action, Policy, PortRange, Rule, policy_from_dict
-from fwd.policy.reference import classify, decide, parse_packet
+from fwd.policy.reference import classify, parse_packet
 from tests import strategies as S
 from tests.tss import simulate
 
