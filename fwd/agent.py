@@ -41,6 +41,7 @@ from fwd.bpf.ringbuf import RingBuffer, kernel_event_stats
 from fwd.bpf.sync import RcuBarrier
 from fwd.dataplane import Dataplane
 from fwd.errors import FwdError
+from fwd.looplag import LoopLagMonitor
 from fwd.messages import (
     ConfirmCommand,
     DatapathCommand,
@@ -143,6 +144,7 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
             # A registry of our own: the process-wide default one would add
             # Python's GC and process metrics under names we do not own.
             registry = CollectorRegistry()
+            loop_lag = LoopLagMonitor()
             api = Api(
                 datapath=dp_cmd_tx,
                 links=ifreq_tx,
@@ -153,6 +155,7 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
             )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_signals, tg.cancel_scope)
+                await tg.start(loop_lag.run)
                 await tg.start(_actor, "datapath", datapath.run, dp_cmd_rx, dl_rx)
                 await tg.start(_actor, "links", links.run, lk_rx, ifreq_rx)
                 await tg.start(_actor, "events", events.run, ev_cmd_rx, names_rx)
@@ -173,6 +176,7 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
                             links.statistics(),
                             discovery.statistics(),
                             events.statistics(),
+                            loop_lag.statistics(),
                         ),
                         counters=dataplane,
                         if_stats=if_stats,
