@@ -37,7 +37,7 @@ from fwd.api.metrics import GrpcMetrics
 from fwd.api.server import Api
 from fwd.bpf.objects import BpfObject
 from fwd.bpf.objpath import default_object_path
-from fwd.bpf.ringbuf import RingBuffer, kernel_event_stats
+from fwd.bpf.ringbuf import RingBuffer, configure_events, kernel_event_stats
 from fwd.bpf.sync import RcuBarrier
 from fwd.dataplane import Dataplane
 from fwd.errors import FwdError
@@ -104,6 +104,7 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
     """Run every actor until cancelled; raises if one of them fails."""
     bpffs = Path(settings.bpffs_dir)
     with BpfObject.open(obj_path or default_object_path()) as obj:
+        configure_events(obj, rate=settings.event_rate, burst=settings.event_burst)
         obj.load()
         prog = obj.program(PROGRAM)
         maps = obj.maps()

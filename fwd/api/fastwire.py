@@ -99,3 +99,53 @@ class EncodedEventBatch(pb.EventBatch):
 
     def __bytes__(self) -> bytes:
         return self._encoded
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("truncated varint")
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def scan_batch(data: bytes) -> tuple[int, int]:
+    """(events, lost) of an encoded fwd.v1.EventBatch, without decoding each event.
+
+    For clients that count events at flood rates (bench/events): a full
+    betterproto2 parse costs ~30x more. Walks only the batch's own fields;
+    unknown fields are skipped as protobuf requires. Raises ValueError on
+    malformed input.
+    """
+    events = lost = pos = 0
+    end = len(data)
+    while pos < end:
+        key, pos = _read_varint(data, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _read_varint(data, pos)
+            if field == 2:
+                lost = value
+        elif wire == 2:
+            size, pos = _read_varint(data, pos)
+            pos += size
+            if pos > end:
+                raise ValueError("truncated field")
+            if field == 1:
+                events += 1
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+    if pos != end:
+        raise ValueError("truncated field")
+    return events, lost

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from fwd.api import convert
-from fwd.api.fastwire import EncodedEventBatch, encode_batch, encode_event
+from fwd.api.fastwire import EncodedEventBatch, encode_batch, encode_event, scan_batch
 from fwd.api.gen.fwd import v1 as pb
 from fwd.events import DropEvent
 from fwd.policy.model import Action
@@ -41,3 +43,28 @@ def test_same_message_as_betterproto2(events: list[tuple[DropEvent, str]], lost:
     assert pb.EventBatch.parse(fast) == slow
     assert fast == bytes(slow)  # field order too: identical bytes
     assert EncodedEventBatch(fast).SerializeToString() == fast
+
+
+@given(st.lists(st.tuples(EVENTS, st.text(max_size=15)), max_size=8),
+       st.integers(min_value=0, max_value=2**64 - 1))
+def test_scan_batch_counts_what_betterproto2_parses(
+    events: list[tuple[DropEvent, str]], lost: int
+) -> None:
+    data = bytes(pb.EventBatch(events=[convert.event_to_proto(e, i) for e, i in events], lost=lost))
+    assert scan_batch(data) == (len(events), lost)
+
+
+def test_scan_batch_rejects_truncated_input() -> None:
+    data = encode_batch([encode_event(e, "eth0") for e in [_event()] * 2], 3)
+    assert scan_batch(data) == (2, 3)
+    for cut in (1, len(data) // 2, len(data) - 1):
+        with pytest.raises(ValueError):
+            scan_batch(data[:cut])
+
+
+def _event() -> DropEvent:
+    return DropEvent(
+        1, 2, "r", 16, Action.DROP, False, False, False, False,
+        ipaddress.IPv4Address("198.18.0.1"), ipaddress.IPv4Address("198.18.0.2"),
+        1000, 53, 17, 0, False, 64,
+    )
