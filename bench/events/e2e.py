@@ -150,8 +150,17 @@ def phase(n: int, args: argparse.Namespace, agent: AgentProcess, ns: str, inject
     try:
         wait_subscribed(agent, offset, n)
         before = scrape(ns)
+        spy = None
+        if args.py_spy:  # profile the agent over the flood: collapsed stacks per phase
+            assert agent.proc is not None
+            spy = subprocess.Popen(
+                [args.py_spy, "record", "-p", str(agent.proc.pid), "-d", str(int(args.seconds)),
+                 "-f", "raw", "-o", f"/tmp/fwd-events-e2e-{n}.txt", "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         sent_s, secs_s, start_s = subprocess.run(inject, check=True, capture_output=True,
                                                  text=True).stdout.split()
+        if spy is not None:
+            spy.wait(30)
         sent, secs, start = int(sent_s), float(secs_s), float(start_s)
         after = settle(ns)
 
@@ -208,6 +217,8 @@ def main() -> int:
     ap.add_argument("--subscribers", type=int, nargs="+", default=[1, 10])
     ap.add_argument("--event-rate", type=int, default=100_000, help="agent --event-rate (per CPU)")
     ap.add_argument("--event-burst", type=int, default=10_000, help="agent --event-burst")
+    ap.add_argument("--py-spy", default="", metavar="PATH",
+                    help="profile the agent with this py-spy (to /tmp/fwd-events-e2e-N.txt)")
     ap.add_argument("--subscriber-cpu", choices=("inject", "agent", "any"), default="inject",
                     help="where the subscriber process runs (default: the flood's CPU)")
     args = ap.parse_args()

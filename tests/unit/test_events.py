@@ -11,6 +11,7 @@ from fwd.bpf import abi
 from fwd.events import (
     RECORD_SIZE,
     DecodeError,
+    Decoder,
     EventFilter,
     decode,
     encode,
@@ -65,6 +66,24 @@ def test_decode_refuses_wrong_size_and_action() -> None:
     raw[58] = 9  # action byte
     with pytest.raises(DecodeError, match="action"):
         decode(bytes(raw), NAMES)
+
+
+def test_decoder_equals_decode_and_caches_only_what_decodes() -> None:
+    dec = Decoder(NAMES, max_entries=2)
+    records = [
+        encode(sport=1000 + i % 3, time_ns=10**18 + i, slot=16 + i % 2) for i in range(12)
+    ] + [encode(src="2001:2::1", dst="2001:2::2", proto=58, icmp=True, time_ns=5)]
+    for raw in records:  # more distinct records than the cache holds: it is cleared, still right
+        assert dec.decode(raw, 7) == decode(raw, NAMES, 7)
+    first, again = dec.decode(records[0]), dec.decode(records[0])
+    assert first.src is again.src  # repeated records share their address objects
+    bad = bytearray(encode())
+    bad[58] = 9
+    for _ in range(2):  # an undecodable record is refused every time, never cached
+        with pytest.raises(DecodeError, match="action"):
+            dec.decode(bytes(bad))
+    with pytest.raises(DecodeError):
+        dec.decode(b"\0" * (RECORD_SIZE + 1))
 
 
 def test_filter_fields() -> None:

@@ -10,7 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fwd.api import convert
-from fwd.api.fastwire import EncodedEventBatch, encode_batch, encode_event, scan_batch
+from fwd.api.fastwire import (
+    BatchEncoder,
+    EncodedEventBatch,
+    EventEncoder,
+    encode_batch,
+    encode_event,
+    scan_batch,
+)
 from fwd.api.gen.fwd import v1 as pb
 from fwd.events import DropEvent
 from fwd.policy.model import Action
@@ -68,3 +75,39 @@ def _event() -> DropEvent:
         ipaddress.IPv4Address("198.18.0.1"), ipaddress.IPv4Address("198.18.0.2"),
         1000, 53, 17, 0, False, 64,
     )
+
+
+@given(st.lists(st.tuples(EVENTS, st.sampled_from(["", "eth0", "vB"])), max_size=8))
+def test_event_encoder_equals_encode_event(events: list[tuple[DropEvent, str]]) -> None:
+    enc = EventEncoder(max_entries=3)
+    for e, iface in events * 2:  # the second round hits the cache
+        assert enc.encode(e, iface) == encode_event(e, iface)
+
+
+def test_event_encoder_time_varint_at_every_size() -> None:
+    enc = EventEncoder()
+    base = _event()
+    for t in (0, 1, 127, 128, 2**28 - 1, 2**28, 2**35 + 5, 2**63 - 1, 2**64 - 1, 1_800_000_000 * 10**9):
+        e = base._replace(time_ns=t)
+        assert enc.encode(e, "eth0") == encode_event(e, "eth0"), t
+
+
+def test_batch_encoder_encodes_a_shared_batch_once() -> None:
+    enc = BatchEncoder(keep=2)
+    events = tuple(_event()._replace(time_ns=2**40 + i) for i in range(5))
+    names = {2: "eth0"}
+    expect = encode_batch([encode_event(e, "eth0") for e in events], 0)
+    assert enc.encode(events, names, 0) == expect
+    assert enc.encode(events, dict(names), 4) == encode_batch(
+        [encode_event(e, "eth0") for e in events], 4
+    )
+    # Other names for the same tuple: not the cached bytes.
+    assert enc.encode(events, {2: "eth9"}, 0) == encode_batch(
+        [encode_event(e, "eth9") for e in events], 0
+    )
+    for _ in range(3):  # older tuples are forgotten: still right
+        other = tuple(e._replace(sport=7) for e in events)
+        assert enc.encode(other, names, 0) == encode_batch(
+            [encode_event(e, "eth0") for e in other], 0
+        )
+    assert enc.encode((), names, 9) == encode_batch([], 9)
