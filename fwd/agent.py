@@ -14,6 +14,7 @@ returns on its own brings the group down and the agent exits 1.
 from __future__ import annotations
 
 import functools
+import gc
 import math
 import signal
 from collections.abc import Awaitable, Callable
@@ -184,6 +185,11 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
                     )
                     await tg.start(_actor, "metrics", metrics.run)
                 revision = datapath.statistics().revision
+                # Everything made so far (modules, classes, actors) lives as long as
+                # the agent: move it out of the cyclic GC's sight. A full collection
+                # walks every tracked object with the loop held; under an event flood
+                # they ran every second or two and took 18-78 ms, half of it on these.
+                gc.freeze()
                 log.info(
                     "agent_ready",
                     socket=settings.socket_path,

@@ -3,8 +3,8 @@
 Runs inside the sender namespace (``ip netns exec``): an XDP program that
 returns XDP_TX is "run" on the sender veth with live frames, so each frame is
 really transmitted to the peer veth, where the fwd program sees it. Bounded by
-``--seconds`` and ``--max-packets``; ``--pps`` paces it (sleeping between
-chunks). Prints ``packets seconds start`` on exit (``start``: CLOCK_MONOTONIC
+``--seconds`` and ``--max-packets``; ``--pps`` paces it (chunks of
+0.1 s worth, sleeping between them: a live-frames test run has a high fixed cost). Prints ``packets seconds start`` on exit (``start``: CLOCK_MONOTONIC
 at the first packet, to line the flood up with other processes' clocks).
 """
 
@@ -42,7 +42,7 @@ def main() -> int:
         fd = obj.program("tx").fd
         data = ctypes.create_string_buffer(frame, len(frame))
         ctx = libbpf.XdpMd(data=0, data_end=len(frame), ingress_ifindex=ifindex)
-        chunk = args.chunk if not args.pps else max(1, min(args.chunk, int(args.pps / 100)))
+        chunk = args.chunk if not args.pps else max(1, min(args.chunk, int(args.pps / 10)))
         sent, start, start_mono = 0, time.perf_counter(), time.monotonic()
         while time.perf_counter() - start < args.seconds and sent < args.max_packets:
             if args.pps:
