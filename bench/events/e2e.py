@@ -217,6 +217,8 @@ def main() -> int:
     ap.add_argument("--subscribers", type=int, nargs="+", default=[1, 10])
     ap.add_argument("--event-rate", type=int, default=100_000, help="agent --event-rate (per CPU)")
     ap.add_argument("--event-burst", type=int, default=10_000, help="agent --event-burst")
+    ap.add_argument("--agent-nice", type=int, default=0,
+                    help="run the agent at this nice value (e.g. -10; default: 0, like everything else)")
     ap.add_argument("--py-spy", default="", metavar="PATH",
                     help="profile the agent with this py-spy (to /tmp/fwd-events-e2e-N.txt)")
     ap.add_argument("--subscriber-cpu", choices=("inject", "agent", "any"), default="inject",
@@ -262,10 +264,23 @@ def main() -> int:
                 "--frame-hex", FRAME.hex(), "--seconds", str(args.seconds),
                 "--max-packets", str(args.max_packets), "--pps", str(args.pps),
             ]
+            if args.agent_nice:  # every thread of it; threads made later inherit it
+                for tid in os.listdir(f"/proc/{agent.proc.pid}/task"):
+                    os.setpriority(os.PRIO_PROCESS, int(tid), args.agent_nice)
             cpu = CpuSampler(agent.proc.pid)
             print(f"agent on CPU {agent_cpu}, flood on CPU {inject_cpu}, subscriber process on CPU "
                   f"{sub_cpu}; kernel event budget {args.event_rate:,}/s per CPU (burst "
-                  f"{args.event_burst:,}); {args.seconds:g} s flood per phase", flush=True)
+                  f"{args.event_burst:,}); {args.seconds:g} s flood per phase; agent nice {args.agent_nice}",
+                  flush=True)
+            # The same lag measurement with no flood and no subscriber: what this
+            # machine's scheduler alone does to the agent (other work shares the CPUs).
+            idle0 = scrape(b)
+            time.sleep(args.seconds)
+            idle = lag_delta(idle0, scrape(b))
+            print(f"baseline, no flood, {args.seconds:g} s: loop lag max "
+                  f"{idle.max_exact * 1000 if idle.max_exact is not None else idle.max_le * 1000:.1f} ms"
+                  f"{'' if idle.max_exact is not None else ' (bucket bound)'}, p99 <= "
+                  f"{idle.p99_le * 1000:g} ms ({idle.samples} wake-ups)", flush=True)
             ok = all([phase(n, args, agent, b, inject, sub_cpu, cpu) for n in args.subscribers])
             cpu.stop.set()
         finally:
