@@ -7,8 +7,18 @@ later than asked it woke (the lag), in a histogram and a running maximum. The
 issue's bar ("the event loop never stalls > 50 ms under an event flood") is
 read off these, as Prometheus metrics (``fwd_event_loop_lag_seconds``).
 
-Cost: one wake-up per ``interval`` (100/s at the default 10 ms), a bisect and
-two additions each: negligible next to the work it watches.
+A late wake-up has two possible causes: the loop was busy running other
+callbacks (the agent's own doing), or its thread was not running at all
+(descheduled on a busy machine, or waiting for the GIL). The monitor tells
+them apart with the thread's CPU time over each interval: if the thread ran
+``cpu`` seconds in an interval of ``interval + lag``, it was off-CPU for
+``interval + lag - cpu``, so at least ``cpu - interval`` of the lag was the
+loop's own work, and at most ``cpu``. The worst lower bound is exported
+beside the lag (``fwd_event_loop_lag_own_max_seconds``); adding ``interval``
+to it bounds the loop's own share of every lag measured so far.
+
+Cost: one wake-up per ``interval`` (100/s at the default 10 ms), two clock
+reads, a bisect and a few additions each: negligible next to the work it watches.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ class LoopLagStatistics:
     sum: float
     max: float
     interval: float
+    own_max: float = 0.0  # the worst lag the loop's own work accounts for (a lower bound)
 
     @property
     def samples(self) -> int:
@@ -54,10 +65,17 @@ class LagHistogram:
         self._counts = [0] * (len(buckets) + 1)
         self._sum = 0.0
         self._max = 0.0
+        self._own_max = 0.0
 
-    def record(self, lag: float) -> None:
-        """Add one sample (seconds; negative lag, a timer firing early, counts as 0)."""
+    def record(self, lag: float, own: float = 0.0) -> None:
+        """Add one sample (seconds; negative lag, a timer firing early, counts as 0).
+
+        ``own``: how much of it, at least, the loop spent running its own work.
+        """
         lag = max(lag, 0.0)
+        own = min(max(own, 0.0), lag)
+        if own > self._own_max:
+            self._own_max = own
         # bisect_left: a sample equal to a bound belongs to that bucket (le="bound").
         self._counts[bisect.bisect_left(self._bounds, lag)] += 1
         self._sum += lag
@@ -66,7 +84,9 @@ class LagHistogram:
 
     def statistics(self, interval: float = 0.0) -> LoopLagStatistics:
         """A snapshot of the samples so far."""
-        return LoopLagStatistics(self._bounds, tuple(self._counts), self._sum, self._max, interval)
+        return LoopLagStatistics(
+            self._bounds, tuple(self._counts), self._sum, self._max, interval, self._own_max
+        )
 
 
 class LoopLagMonitor:
@@ -85,8 +105,9 @@ class LoopLagMonitor:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Measure until cancelled."""
         task_status.started()
-        clock = time.monotonic
+        clock, cpu = time.monotonic, time.thread_time  # the loop's thread: this one
+        interval = self.interval
         while True:
-            start = clock()
-            await anyio.sleep(self.interval)
-            self._hist.record(clock() - start - self.interval)
+            start, cpu0 = clock(), cpu()
+            await anyio.sleep(interval)
+            self._hist.record(clock() - start - interval, cpu() - cpu0 - interval)

@@ -342,6 +342,12 @@ def loop_lag_families(stats: LoopLagStatistics) -> list[Metric]:
             "The worst event loop lag measured since the agent started.",
             stats.max,
         ),
+        GaugeMetricFamily(
+            "fwd_event_loop_lag_own_max_seconds",
+            "The worst event loop lag the loop's own work accounts for since start, at least "
+            "(the rest of a lag the loop thread was off-CPU: descheduled or waiting for the GIL).",
+            stats.own_max,
+        ),
     ]
 
 

@@ -6,6 +6,7 @@ import shutil
 import struct
 import subprocess
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fwd.events import KernelEventStats
-from fwd.looplag import LagHistogram, LoopLagStatistics
+from fwd.looplag import LagHistogram, LoopLagMonitor, LoopLagStatistics
 from fwd.actors.datapath import DatapathStatistics, rule_table
 from fwd.actors.discovery import DiscoveryStatistics
 from fwd.actors.links import LinksStatistics
@@ -89,7 +90,7 @@ class FakeCounters:
 def lag_samples() -> LoopLagStatistics:
     hist = LagHistogram()
     for lag in (0.0002, 0.0003, 0.004, 0.040, 0.3):  # 1 ms, 1 ms, 5 ms, 50 ms, 500 ms buckets
-        hist.record(lag)
+        hist.record(lag, own=0.002 if lag < 0.1 else 0.0)  # the 0.3 s one: off-CPU
     return hist.statistics(0.01)
 
 
@@ -225,15 +226,17 @@ def test_event_loop_lag_histogram_and_max(collected: Collected) -> None:
     assert value(s, f"{lag}_count") == 5
     assert value(s, f"{lag}_sum") == pytest.approx(0.3445)
     assert value(s, "fwd_event_loop_lag_max_seconds") == pytest.approx(0.3)
+    assert value(s, "fwd_event_loop_lag_own_max_seconds") == pytest.approx(0.002)
 
 
 def test_lag_histogram_edges() -> None:
     hist = LagHistogram((0.01, 0.1))
     for lag in (-0.001, 0.01, 0.0100001, 5.0):  # early wake-up = 0; a bound is inclusive
-        hist.record(lag)
+        hist.record(lag, own=1.0)  # own work can never exceed the lag
     stats = hist.statistics()
     assert stats.counts == (2, 1, 1)
     assert stats.max == 5.0 and stats.samples == 4
+    assert stats.own_max == 1.0
     with pytest.raises(ValueError):
         LagHistogram((0.1, 0.01))
 
@@ -245,6 +248,7 @@ def test_without_kernel_interface_stats_or_events_those_series_are_absent() -> N
     assert names(s, "fwd_interface_packets_total") == []
     assert names(s, "fwd_events_lost_total") == []
     assert names(s, "fwd_event_loop_lag_max_seconds") == []
+    assert names(s, "fwd_event_loop_lag_own_max_seconds") == []
     assert value(s, "fwd_interface_attached", interface="eth0", mode="native") == 1
 
 
@@ -478,3 +482,22 @@ async def test_address_in_use_is_a_clear_error() -> None:
         with pytest.raises(MetricsAddressError, match=f"cannot listen on 127.0.0.1:{port}"):
             await server.run()
     assert list(registry.collect()) == []  # nothing registered
+
+
+@pytest.mark.asyncio
+async def test_loop_lag_monitor_tells_own_work_from_off_cpu() -> None:
+    """A callback that holds the loop shows as own-work lag; sleeping (off-CPU) does not."""
+    monitor = LoopLagMonitor(interval=0.005)
+    async with anyio.create_task_group() as tg:
+        await tg.start(monitor.run)
+        await anyio.sleep(0.02)
+        end = time.thread_time() + 0.06
+        while time.thread_time() < end:  # 60 ms of CPU with the loop held
+            pass
+        await anyio.sleep(0.02)
+        time.sleep(0.08)  # 80 ms with the loop held but the thread off-CPU
+        await anyio.sleep(0.02)
+        tg.cancel_scope.cancel()
+    stats = monitor.statistics()
+    assert stats.max >= 0.08
+    assert 0.04 <= stats.own_max < 0.08  # the spin, not the sleep
