@@ -184,5 +184,8 @@ def test_every_dropped_packet_is_an_event_or_counted(lab: Lab) -> None:
     lag = "fwd_event_loop_lag_seconds"
     assert value(after, f"{lag}_count") > value(before, f"{lag}_count")
     assert value(after, f"{lag}_bucket", le="+Inf") == value(after, f"{lag}_count")
-    assert value(after, "fwd_event_loop_lag_max_seconds") >= 0
-    assert ("fwd_event_loop_lag_max_seconds", ()) in after
+    for gauge in ("fwd_event_loop_lag_max_seconds", "fwd_event_loop_lag_own_max_seconds"):
+        assert (gauge, ()) in after, gauge
+    assert value(after, "fwd_event_loop_lag_own_max_seconds") <= value(
+        after, "fwd_event_loop_lag_max_seconds"
+    )

@@ -146,6 +146,7 @@ def test_rule_counters_equal_the_packets_sent(lab: Lab) -> None:
     assert value(after, f"{lag}_count") > value(before, f"{lag}_count") > 0
     assert value(after, f"{lag}_bucket", le="+Inf") == value(after, f"{lag}_count")
     assert ("fwd_event_loop_lag_max_seconds", ()) in after
+    assert ("fwd_event_loop_lag_own_max_seconds", ()) in after
     if KERNEL_IF_STATS:
         assert delta("fwd_interface_packets_total", interface="veth-a", verdict="drop") == 30
         assert delta("fwd_interface_packets_total", interface="veth-a", verdict="pass") >= 20

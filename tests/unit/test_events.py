@@ -111,3 +111,20 @@ def test_sum_event_stats_over_cpus() -> None:
     assert (s.emitted, s.suppressed, s.ringbuf_full, s.logged) == (12, 3, 3, 18)
     with pytest.raises(DecodeError):
         sum_event_stats(raw, 3)
+
+
+def test_agent_event_budget_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from fwd.cli import build_parser, main
+    from fwd.messages import Settings
+
+    # The agent's defaults are the kernel's (bpf/fwd.h FWD_EVENT_RATE / _BURST).
+    assert (Settings().event_rate, Settings().event_burst) == (abi.EVENT_RATE, abi.EVENT_BURST)
+    parser = build_parser()
+    args = parser.parse_args(["agent"])
+    assert (args.event_rate, args.event_burst) == (abi.EVENT_RATE, abi.EVENT_BURST)
+    args = parser.parse_args(["agent", "--event-rate", "0", "--event-burst", "1"])
+    assert (args.event_rate, args.event_burst) == (0, 1)  # the kernel accepts both (bpf/fwd.h limits)
+    for bad in (["--event-rate", "-1"], ["--event-rate", str(abi.EVENT_MAX_RATE + 1)],
+                ["--event-burst", "0"], ["--event-rate", "fast"]):
+        assert main(["agent", *bad]) == 2, bad
+        assert "--event-" in capsys.readouterr().err
