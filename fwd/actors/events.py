@@ -179,20 +179,27 @@ class Events:
 
     def _dispatch(self, records: list[bytes]) -> None:
         offset, decode = wall_offset_ns(), self._decoder.decode
-        events: list[DropEvent] = []
-        for raw in records:
-            try:
-                events.append(decode(raw, offset))
-            except DecodeError as e:
-                self._decode_errors += 1
-                log.warning("event_undecodable", error=str(e))
+        try:  # the common case in one comprehension; record by record only if one is bad
+            everything = tuple([decode(raw, offset) for raw in records])
+        except DecodeError:
+            everything = tuple(self._decode_each(records, offset))
+        events = everything
         self._read += len(records)
-        everything = tuple(events)
         for sub in list(self._subs.values()):
             f = sub.filter
             batch = everything if f == _MATCH_ALL else tuple(e for e in events if f.matches(e))
             if batch:
                 self._offer(sub, batch)
+
+    def _decode_each(self, records: list[bytes], offset: int) -> list[DropEvent]:
+        events: list[DropEvent] = []
+        for raw in records:
+            try:
+                events.append(self._decoder.decode(raw, offset))
+            except DecodeError as e:
+                self._decode_errors += 1
+                log.warning("event_undecodable", error=str(e))
+        return events
 
     def _offer(self, sub: _Subscriber, batch: tuple[DropEvent, ...]) -> None:
         """send_nowait one batch; a full stream loses it, a closed one ends the subscription."""

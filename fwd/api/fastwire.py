@@ -115,7 +115,8 @@ class EventEncoder:
         """One fwd.v1.Event, the same bytes as :func:`encode_event`."""
         src, dst = e.src, e.dst
         key = (
-            interface, e.ifindex, e.rule_id, e.action, e.dry_run, e.would_drop, e.default,
+            # id(action): an Enum's hash runs Python code, and its members live forever.
+            interface, e.ifindex, e.rule_id, id(e.action), e.dry_run, e.would_drop, e.default,
             e.malformed, id(src), id(dst), e.sport, e.dport, e.proto, e.tcp_flags, e.length,
         )
         hit = self._rest.get(key)
