@@ -14,8 +14,8 @@ import struct
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
 from ipaddress import IPv4Address, IPv6Address
+from typing import Any, NamedTuple
 
 from fwd.bpf import abi
 from fwd.policy.model import Action

@@ -74,13 +74,11 @@ class LagHistogram:
         """
         lag = max(lag, 0.0)
         own = min(max(own, 0.0), lag)
-        if own > self._own_max:
-            self._own_max = own
+        self._own_max = max(self._own_max, own)
         # bisect_left: a sample equal to a bound belongs to that bucket (le="bound").
         self._counts[bisect.bisect_left(self._bounds, lag)] += 1
         self._sum += lag
-        if lag > self._max:
-            self._max = lag
+        self._max = max(self._max, lag)
 
     def statistics(self, interval: float = 0.0) -> LoopLagStatistics:
         """A snapshot of the samples so far."""

@@ -31,8 +31,8 @@ from grpclib.encoding.proto import ProtoCodec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from fwd.api.fastwire import scan_batch  # noqa: E402
-from fwd.api.gen.fwd import v1 as pb  # noqa: E402
+from fwd.api.fastwire import scan_batch
+from fwd.api.gen.fwd import v1 as pb
 
 
 class RawEventsCodec(ProtoCodec):

@@ -478,8 +478,9 @@ class _EventService(pb.EventServiceBase):
         with batches:
             async for batch in batches:
                 # Hand-encoded: betterproto2 objects per event cannot keep up with a flood.
-                # (one encoder for every subscription: shared batches are encoded once).
-                yield EncodedEventBatch(self._api.batch_encoder.encode(batch.events, names, batch.lost))
+                # One encoder for every subscription: shared batches are encoded once.
+                encoded = self._api.batch_encoder.encode(batch.events, names, batch.lost)
+                yield EncodedEventBatch(encoded)
 
 
 class _RuleService(pb.RuleServiceBase):

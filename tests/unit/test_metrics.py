@@ -495,7 +495,7 @@ async def test_loop_lag_monitor_tells_own_work_from_off_cpu() -> None:
         while time.thread_time() < end:  # 60 ms of CPU with the loop held
             pass
         await anyio.sleep(0.02)
-        time.sleep(0.08)  # 80 ms with the loop held but the thread off-CPU
+        time.sleep(0.08)  # noqa: ASYNC251 - on purpose: 80 ms with the loop held, thread off-CPU
         await anyio.sleep(0.02)
         tg.cancel_scope.cancel()
     stats = monitor.statistics()
