@@ -241,12 +241,13 @@ def main() -> int:
     ap.add_argument("--event-burst", type=int, default=10_000, help="agent --event-burst")
     ap.add_argument("--agent-nice", type=int, default=0,
                     help="run the agent at this nice value (e.g. -10; default: 0, like everything else)")
-    ap.add_argument("--subscriber-procs", type=int, default=1,
+    ap.add_argument("--subscriber-procs", type=int, default=5,
                     help="spread the subscribers' streams over this many processes")
     ap.add_argument("--py-spy", default="", metavar="PATH",
                     help="profile the agent with this py-spy (to /tmp/fwd-events-e2e-N.txt)")
-    ap.add_argument("--subscriber-cpu", choices=("inject", "agent", "any"), default="inject",
-                    help="where the subscriber process runs (default: the flood's CPU)")
+    ap.add_argument("--subscriber-cpu", choices=("inject", "agent", "any"), default="any",
+                    help="where the subscriber processes run: the flood's CPU, the agent's, "
+                    "or wherever the scheduler puts them (default)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
