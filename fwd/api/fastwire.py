@@ -102,10 +102,11 @@ class EventEncoder:
     for repeated records, and the cache keeps them alive and checks identity,
     so a reused id can never alias). The time is a 64-bit varint whose upper
     bits change every 0.27 s: only its low 28 bits are encoded per event.
-    Measured: ~1 us per event instead of ~5.7 us. Bounded: cleared when full.
+    Measured: ~1 us per event instead of ~5.7 us. Bounded: cleared when full (~300
+    bytes an entry; traffic too diverse to repeat within 4,096 gains nothing from more).
     """
 
-    def __init__(self, max_entries: int = 65536) -> None:
+    def __init__(self, max_entries: int = 4096) -> None:
         self._max = max_entries
         self._rest: dict[tuple[Any, ...], tuple[object, object, bytes]] = {}
         self._hi = -1
