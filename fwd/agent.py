@@ -14,6 +14,7 @@ returns on its own brings the group down and the agent exits 1.
 from __future__ import annotations
 
 import functools
+import gc
 import math
 import signal
 from collections.abc import Awaitable, Callable
@@ -37,10 +38,11 @@ from fwd.api.metrics import GrpcMetrics
 from fwd.api.server import Api
 from fwd.bpf.objects import BpfObject
 from fwd.bpf.objpath import default_object_path
-from fwd.bpf.ringbuf import RingBuffer, kernel_event_stats
+from fwd.bpf.ringbuf import RingBuffer, configure_events, kernel_event_stats
 from fwd.bpf.sync import RcuBarrier
 from fwd.dataplane import Dataplane
 from fwd.errors import FwdError
+from fwd.looplag import LoopLagMonitor
 from fwd.messages import (
     ConfirmCommand,
     DatapathCommand,
@@ -103,6 +105,7 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
     """Run every actor until cancelled; raises if one of them fails."""
     bpffs = Path(settings.bpffs_dir)
     with BpfObject.open(obj_path or default_object_path()) as obj:
+        configure_events(obj, rate=settings.event_rate, burst=settings.event_burst)
         obj.load()
         prog = obj.program(PROGRAM)
         maps = obj.maps()
@@ -143,6 +146,7 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
             # A registry of our own: the process-wide default one would add
             # Python's GC and process metrics under names we do not own.
             registry = CollectorRegistry()
+            loop_lag = LoopLagMonitor()
             api = Api(
                 datapath=dp_cmd_tx,
                 links=ifreq_tx,
@@ -153,6 +157,7 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
             )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_signals, tg.cancel_scope)
+                await tg.start(loop_lag.run)
                 await tg.start(_actor, "datapath", datapath.run, dp_cmd_rx, dl_rx)
                 await tg.start(_actor, "links", links.run, lk_rx, ifreq_rx)
                 await tg.start(_actor, "events", events.run, ev_cmd_rx, names_rx)
@@ -173,12 +178,18 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
                             links.statistics(),
                             discovery.statistics(),
                             events.statistics(),
+                            loop_lag.statistics(),
                         ),
                         counters=dataplane,
                         if_stats=if_stats,
                     )
                     await tg.start(_actor, "metrics", metrics.run)
                 revision = datapath.statistics().revision
+                # Everything made so far (modules, classes, actors) lives as long as
+                # the agent: move it out of the cyclic GC's sight. A full collection
+                # walks every tracked object with the loop held: under an event flood
+                # full collections took 18-78 ms before, 5-25 ms with this (bench/events).
+                gc.freeze()
                 log.info(
                     "agent_ready",
                     socket=settings.socket_path,

@@ -27,6 +27,7 @@ from fwd.api.convert import policy_from_proto
 from fwd.api.gen.fwd import v1 as pb
 from fwd import cli_rules
 from fwd.api.tls import client_context
+from fwd.bpf import abi
 from fwd.errors import PolicyError
 from fwd.messages import Settings
 from fwd.policy.files import dump_policy_yaml, load_policy_file
@@ -320,11 +321,31 @@ def _agent(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
         metrics_addr=args.metrics,
+        event_rate=args.event_rate,
+        event_burst=args.event_burst,
     )
     return agent.run(settings, log_level=args.log_level)
 
 
 # --- argument parsing ----------------------------------------------------------
+
+
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not low <= n <= high:
+            raise argparse.ArgumentTypeError(f"must be {low:,}..{high:,}, got {n:,}")
+        return n
+
+    return parse
+
+
+# The kernel's limits (bpf/fwd.h: its fixed-point token bucket must not overflow).
+_event_rate = _bounded_int(0, abi.EVENT_MAX_RATE)
+_event_burst = _bounded_int(1, abi.EVENT_MAX_BURST)
 
 
 def _positive(text: str) -> float:
@@ -482,6 +503,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         help="serve Prometheus metrics at http://ADDR/metrics; HOST:PORT, [IPV6]:PORT, "
         "or '' to disable (default: %(default)s)",
+    )
+    agent.add_argument(
+        "--event-rate",
+        type=_event_rate,
+        default=defaults.event_rate,
+        metavar="N",
+        help="events the kernel emits per second per CPU at most; the rest are counted as "
+        "suppressed (default: %(default)s)",
+    )
+    agent.add_argument(
+        "--event-burst",
+        type=_event_burst,
+        default=defaults.event_burst,
+        metavar="N",
+        help="events a CPU may emit at once above --event-rate (default: %(default)s)",
     )
     agent.add_argument(
         "--log-level",

@@ -382,6 +382,10 @@ class Settings:
     force_dry_run: bool = False
     # Serve Prometheus metrics on HOST:PORT; "" disables the endpoint.
     metrics_addr: str = "127.0.0.1:9469"
+    # The kernel's event budget, per CPU: records per second and bucket depth
+    # (what it suppresses is counted). Defaults: bpf/fwd.h FWD_EVENT_RATE / _BURST.
+    event_rate: int = 100_000
+    event_burst: int = 10_000
 
 
 # --- Events (issue 4) -----------------------------------------------------------

@@ -101,7 +101,7 @@ async def run_phase(
         tg.start_soon(ticker)
         cpu0, wall0 = _cpu(), time.perf_counter()
         out = await anyio.to_thread.run_sync(lambda: subprocess.run(inject, check=True, capture_output=True, text=True).stdout)
-        sent, flood_s = out.split()
+        sent, flood_s, _ = out.split()
         # Drain: the ring, then the subscribers' streams.
         with anyio.fail_after(30):
             while ring.pending() or any(s.queued for s in actor.statistics().subscribers):

@@ -27,10 +27,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from fwd.events import (
     DecodeError,
+    Decoder,
     DropEvent,
     EventFilter,
     KernelEventStats,
-    decode,
     wall_offset_ns,
 )
 from fwd.messages import EventBatch, EventsCommand, Reply, SlotNames, Subscribe
@@ -101,7 +101,7 @@ class Events:
         # While the ring is quiet, look after subscribers this often: report
         # losses once they have room again, forget closed streams.
         self._idle_interval = idle_interval
-        self._names: dict[int, str] = {}
+        self._decoder = Decoder({})
         self._subs: dict[int, _Subscriber] = {}
         self._ids = itertools.count(1)
         self._read = self._decode_errors = 0
@@ -143,7 +143,7 @@ class Events:
 
     async def _follow_names(self, slot_names: MemoryObjectReceiveStream[SlotNames]) -> None:
         async for msg in slot_names:
-            self._names = dict(msg.names)
+            self._decoder = Decoder(dict(msg.names))
 
     def _subscribe(self, cmd: Subscribe) -> None:
         send, receive = anyio.create_memory_object_stream[EventBatch](max(1, cmd.buffer))
@@ -178,21 +178,28 @@ class Events:
             self._report_losses()
 
     def _dispatch(self, records: list[bytes]) -> None:
-        offset, names = wall_offset_ns(), self._names
-        events: list[DropEvent] = []
-        for raw in records:
-            try:
-                events.append(decode(raw, names, offset))
-            except DecodeError as e:
-                self._decode_errors += 1
-                log.warning("event_undecodable", error=str(e))
+        offset, decode = wall_offset_ns(), self._decoder.decode
+        try:  # the common case in one comprehension; record by record only if one is bad
+            everything = tuple([decode(raw, offset) for raw in records])
+        except DecodeError:
+            everything = tuple(self._decode_each(records, offset))
+        events = everything
         self._read += len(records)
-        everything = tuple(events)
         for sub in list(self._subs.values()):
             f = sub.filter
             batch = everything if f == _MATCH_ALL else tuple(e for e in events if f.matches(e))
             if batch:
                 self._offer(sub, batch)
+
+    def _decode_each(self, records: list[bytes], offset: int) -> list[DropEvent]:
+        events: list[DropEvent] = []
+        for raw in records:
+            try:
+                events.append(self._decoder.decode(raw, offset))
+            except DecodeError as e:
+                self._decode_errors += 1
+                log.warning("event_undecodable", error=str(e))
+        return events
 
     def _offer(self, sub: _Subscriber, batch: tuple[DropEvent, ...]) -> None:
         """send_nowait one batch; a full stream loses it, a closed one ends the subscription."""

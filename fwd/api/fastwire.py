@@ -9,6 +9,9 @@ betterproto2's own encoding of the same event.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from fwd.api.gen.fwd import v1 as pb
 from fwd.events import DropEvent
 from fwd.policy.model import Action
@@ -86,6 +89,89 @@ def encode_batch(events: list[bytes], lost: int) -> bytes:
     return b"".join(out)
 
 
+_CONT = [bytes([i | 0x80]) for i in range(128)]  # a 7-bit group with the continuation bit
+
+
+class EventEncoder:
+    """:func:`encode_event`, fast for floods: what repeats is encoded once.
+
+    Events of a flood differ only in their time, so the rest of the message
+    (fields 2-17) is cached per distinct event, keyed by its scalar fields and
+    the *identity* of its address objects (hashing an ``ipaddress`` object
+    runs Python code; :class:`fwd.events.Decoder` hands out the same objects
+    for repeated records, and the cache keeps them alive and checks identity,
+    so a reused id can never alias). The time is a 64-bit varint whose upper
+    bits change every 0.27 s: only its low 28 bits are encoded per event.
+    Measured: ~1 us per event instead of ~5.7 us. Bounded: cleared when full (~300
+    bytes an entry; traffic too diverse to repeat within 4,096 gains nothing from more).
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._max = max_entries
+        self._rest: dict[tuple[Any, ...], tuple[object, object, bytes]] = {}
+        self._hi = -1
+        self._hi_bytes = b""
+
+    def encode(self, e: DropEvent, interface: str) -> bytes:
+        """One fwd.v1.Event, the same bytes as :func:`encode_event`."""
+        src, dst = e.src, e.dst
+        key = (
+            # id(action): an Enum's hash runs Python code, and its members live forever.
+            interface, e.ifindex, e.rule_id, id(e.action), e.dry_run, e.would_drop, e.default,
+            e.malformed, id(src), id(dst), e.sport, e.dport, e.proto, e.tcp_flags, e.length,
+        )
+        hit = self._rest.get(key)
+        if hit is None or hit[0] is not src or hit[1] is not dst:
+            rest = encode_event(e._replace(time_ns=0), interface)  # field 1 left out
+            if len(self._rest) >= self._max:
+                self._rest.clear()
+            hit = self._rest[key] = (src, dst, rest)
+        return self._time(e.time_ns) + hit[2]
+
+    def _time(self, t: int) -> bytes:
+        if t < 1 << 28:
+            return _T[1] + _varint(t) if t else b""
+        hi = t >> 28
+        if hi != self._hi:
+            self._hi, self._hi_bytes = hi, _varint(hi)
+        c = _CONT
+        return b"".join(
+            (_T[1], c[t & 0x7F], c[t >> 7 & 0x7F], c[t >> 14 & 0x7F], c[t >> 21 & 0x7F],
+             self._hi_bytes)
+        )
+
+
+class BatchEncoder:
+    """EventBatch bytes for the Subscribe handlers; one instance serves them all.
+
+    Subscribers with the same filter receive the very same tuple of events
+    from the Events actor, so the handlers of N subscribers would encode it N
+    times: the encoder remembers the last ``keep`` tuples it encoded (by
+    identity, holding a reference so the identity stays theirs) with the
+    interface names used, and encodes each once.
+    """
+
+    def __init__(self, keep: int = 64) -> None:
+        self._keep = keep
+        self._events = EventEncoder()
+        self._recent: dict[int, tuple[tuple[DropEvent, ...], Mapping[int, str], bytes]] = {}
+
+    def encode(
+        self, events: tuple[DropEvent, ...], interfaces: Mapping[int, str], lost: int
+    ) -> bytes:
+        """A fwd.v1.EventBatch; ``interfaces`` names ifindexes, ``lost`` is the batch's loss count."""
+        hit = self._recent.get(id(events))
+        if hit is not None and hit[0] is events and hit[1] == interfaces:
+            body = hit[2]
+        else:
+            enc = self._events.encode
+            body = encode_batch([enc(e, interfaces.get(e.ifindex, "")) for e in events], 0)
+            if len(self._recent) >= self._keep:
+                del self._recent[next(iter(self._recent))]  # the oldest
+            self._recent[id(events)] = (events, interfaces, body)
+        return body + _LOST + _varint(lost) if lost else body
+
+
 class EncodedEventBatch(pb.EventBatch):
     """An EventBatch whose wire bytes are already known: grpclib's codec asks for
     ``SerializeToString()`` after an isinstance check, so the stream sends them as is."""
@@ -99,3 +185,53 @@ class EncodedEventBatch(pb.EventBatch):
 
     def __bytes__(self) -> bytes:
         return self._encoded
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("truncated varint")
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def scan_batch(data: bytes) -> tuple[int, int]:
+    """(events, lost) of an encoded fwd.v1.EventBatch, without decoding each event.
+
+    For clients that count events at flood rates (bench/events): a full
+    betterproto2 parse costs ~30x more. Walks only the batch's own fields;
+    unknown fields are skipped as protobuf requires. Raises ValueError on
+    malformed input.
+    """
+    events = lost = pos = 0
+    end = len(data)
+    while pos < end:
+        key, pos = _read_varint(data, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _read_varint(data, pos)
+            if field == 2:
+                lost = value
+        elif wire == 2:
+            size, pos = _read_varint(data, pos)
+            pos += size
+            if pos > end:
+                raise ValueError("truncated field")
+            if field == 1:
+                events += 1
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+    if pos != end:
+        raise ValueError("truncated field")
+    return events, lost

@@ -35,7 +35,7 @@ from grpclib.server import Server
 
 from fwd import messages
 from fwd.api import convert, tls, wire
-from fwd.api.fastwire import EncodedEventBatch, encode_batch, encode_event
+from fwd.api.fastwire import BatchEncoder, EncodedEventBatch
 from fwd.api.gen.fwd import v1 as pb
 from fwd.api.gen.google_proto_descriptor_pool import (
     default_google_proto_descriptor_pool,
@@ -123,6 +123,7 @@ class Api:
         self._links = links
         self._confirmer = confirmer
         self._settings = settings
+        self.batch_encoder = BatchEncoder()  # shared by every event subscription
         # Shutdown bookkeeping: new asks fail fast once closing; pending asks are
         # cancelled and answer UNAVAILABLE; request tasks are awaited so those
         # answers reach the clients before the server closes the connections.
@@ -477,8 +478,9 @@ class _EventService(pb.EventServiceBase):
         with batches:
             async for batch in batches:
                 # Hand-encoded: betterproto2 objects per event cannot keep up with a flood.
-                encoded = [encode_event(e, names.get(e.ifindex, "")) for e in batch.events]
-                yield EncodedEventBatch(encode_batch(encoded, batch.lost))
+                # One encoder for every subscription: shared batches are encoded once.
+                encoded = self._api.batch_encoder.encode(batch.events, names, batch.lost)
+                yield EncodedEventBatch(encoded)
 
 
 class _RuleService(pb.RuleServiceBase):

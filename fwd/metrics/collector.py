@@ -25,13 +25,19 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Protocol
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from fwd.actors.datapath import DatapathStatistics
 from fwd.actors.discovery import DiscoveryStatistics
 from fwd.actors.links import LinksStatistics
 from fwd.bpf import abi
 from fwd.dataplane import SlotCounters
+from fwd.looplag import LoopLagStatistics
 from fwd.messages import InterfaceStatus, LinkState, RuleTable
 from fwd.metrics.kernel import VERDICTS, IfCounters
 
@@ -69,6 +75,7 @@ class Snapshot:
     links: LinksStatistics | None = None
     discovery: DiscoveryStatistics | None = None
     events: EventsStatistics | None = None
+    loop_lag: LoopLagStatistics | None = None
 
 
 class CounterReader(Protocol):
@@ -316,6 +323,34 @@ def events_families(stats: EventsStatistics) -> list[Metric]:
     ]
 
 
+def loop_lag_families(stats: LoopLagStatistics) -> list[Metric]:
+    """The event loop's wake-up lag: a histogram and the worst sample since start."""
+    cumulative, buckets = 0, []
+    for bound, count in zip((*stats.buckets, float("inf")), stats.counts, strict=True):
+        cumulative += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(cumulative)))
+    return [
+        HistogramMetricFamily(
+            "fwd_event_loop_lag_seconds",
+            f"How late the agent's event loop woke a task sleeping {stats.interval:g} s "
+            "(time every actor had to wait for the loop).",
+            buckets=buckets,
+            sum_value=stats.sum,
+        ),
+        GaugeMetricFamily(
+            "fwd_event_loop_lag_max_seconds",
+            "The worst event loop lag measured since the agent started.",
+            stats.max,
+        ),
+        GaugeMetricFamily(
+            "fwd_event_loop_lag_own_max_seconds",
+            "The worst event loop lag the loop's own work accounts for since start, at least "
+            "(the rest of a lag the loop thread was off-CPU: descheduled or waiting for the GIL).",
+            stats.own_max,
+        ),
+    ]
+
+
 class AgentCollector:
     """Everything the agent exposes except gRPC durations, read at each scrape.
 
@@ -363,3 +398,5 @@ class AgentCollector:
             yield from discovery_families(snap.discovery)
         if snap.events is not None:
             yield from events_families(snap.events)
+        if snap.loop_lag is not None:
+            yield from loop_lag_families(snap.loop_lag)

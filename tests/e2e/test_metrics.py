@@ -141,6 +141,12 @@ def test_rule_counters_equal_the_packets_sent(lab: Lab) -> None:
     apply = {"method": "/fwd.v1.PolicyService/ApplyPolicy", "code": "OK"}
     assert value(after, "fwd_grpc_request_duration_seconds_count", **apply) >= 1
     assert any(name == "fwd_build_info" and v == 1 for (name, _), v in after.items())
+    # The loop-lag monitor wakes every 10 ms: a scrape a few seconds in has samples.
+    lag = "fwd_event_loop_lag_seconds"
+    assert value(after, f"{lag}_count") > value(before, f"{lag}_count") > 0
+    assert value(after, f"{lag}_bucket", le="+Inf") == value(after, f"{lag}_count")
+    assert ("fwd_event_loop_lag_max_seconds", ()) in after
+    assert ("fwd_event_loop_lag_own_max_seconds", ()) in after
     if KERNEL_IF_STATS:
         assert delta("fwd_interface_packets_total", interface="veth-a", verdict="drop") == 30
         assert delta("fwd_interface_packets_total", interface="veth-a", verdict="pass") >= 20

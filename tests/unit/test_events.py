@@ -11,6 +11,7 @@ from fwd.bpf import abi
 from fwd.events import (
     RECORD_SIZE,
     DecodeError,
+    Decoder,
     EventFilter,
     decode,
     encode,
@@ -67,6 +68,24 @@ def test_decode_refuses_wrong_size_and_action() -> None:
         decode(bytes(raw), NAMES)
 
 
+def test_decoder_equals_decode_and_caches_only_what_decodes() -> None:
+    dec = Decoder(NAMES, max_entries=2)
+    records = [
+        encode(sport=1000 + i % 3, time_ns=10**18 + i, slot=16 + i % 2) for i in range(12)
+    ] + [encode(src="2001:2::1", dst="2001:2::2", proto=58, icmp=True, time_ns=5)]
+    for raw in records:  # more distinct records than the cache holds: it is cleared, still right
+        assert dec.decode(raw, 7) == decode(raw, NAMES, 7)
+    first, again = dec.decode(records[0]), dec.decode(records[0])
+    assert first.src is again.src  # repeated records share their address objects
+    bad = bytearray(encode())
+    bad[58] = 9
+    for _ in range(2):  # an undecodable record is refused every time, never cached
+        with pytest.raises(DecodeError, match="action"):
+            dec.decode(bytes(bad))
+    with pytest.raises(DecodeError):
+        dec.decode(b"\0" * (RECORD_SIZE + 1))
+
+
 def test_filter_fields() -> None:
     e = decode(encode(src="198.18.1.2", dst="198.18.0.1", ifindex=3, slot=16), NAMES)
     e6 = decode(encode(src="2001:2:0:1::2", dst="2001:2::1", ifindex=4, slot=17, action=0), NAMES)
@@ -92,3 +111,20 @@ def test_sum_event_stats_over_cpus() -> None:
     assert (s.emitted, s.suppressed, s.ringbuf_full, s.logged) == (12, 3, 3, 18)
     with pytest.raises(DecodeError):
         sum_event_stats(raw, 3)
+
+
+def test_agent_event_budget_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from fwd.cli import build_parser, main
+    from fwd.messages import Settings
+
+    # The agent's defaults are the kernel's (bpf/fwd.h FWD_EVENT_RATE / _BURST).
+    assert (Settings().event_rate, Settings().event_burst) == (abi.EVENT_RATE, abi.EVENT_BURST)
+    parser = build_parser()
+    args = parser.parse_args(["agent"])
+    assert (args.event_rate, args.event_burst) == (abi.EVENT_RATE, abi.EVENT_BURST)
+    args = parser.parse_args(["agent", "--event-rate", "0", "--event-burst", "1"])
+    assert (args.event_rate, args.event_burst) == (0, 1)  # the kernel accepts both (bpf/fwd.h limits)
+    for bad in (["--event-rate", "-1"], ["--event-rate", str(abi.EVENT_MAX_RATE + 1)],
+                ["--event-burst", "0"], ["--event-rate", "fast"]):
+        assert main(["agent", *bad]) == 2, bad
+        assert "--event-" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import shutil
 import struct
 import subprocess
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fwd.events import KernelEventStats
+from fwd.looplag import LagHistogram, LoopLagMonitor, LoopLagStatistics
 from fwd.actors.datapath import DatapathStatistics, rule_table
 from fwd.actors.discovery import DiscoveryStatistics
 from fwd.actors.links import LinksStatistics
@@ -85,7 +87,16 @@ class FakeCounters:
         return {s: self.counters[s] for s in slots if s in self.counters}
 
 
-def snapshot(events: FakeEventsStatistics | None = None) -> Snapshot:
+def lag_samples() -> LoopLagStatistics:
+    hist = LagHistogram()
+    for lag in (0.0002, 0.0003, 0.004, 0.040, 0.3):  # 1 ms, 1 ms, 5 ms, 50 ms, 500 ms buckets
+        hist.record(lag, own=0.002 if lag < 0.1 else 0.0)  # the 0.3 s one: off-CPU
+    return hist.statistics(0.01)
+
+
+def snapshot(
+    events: FakeEventsStatistics | None = None, loop_lag: LoopLagStatistics | None = None
+) -> Snapshot:
     return Snapshot(
         datapath=DatapathStatistics(applies=3, failed_applies=1, recompiles=2, table=TABLE),
         interfaces=INTERFACES,
@@ -94,6 +105,7 @@ def snapshot(events: FakeEventsStatistics | None = None) -> Snapshot:
         ),
         discovery=DiscoveryStatistics(events=6, resyncs=1, overflows=0),
         events=events,
+        loop_lag=loop_lag,
     )
 
 
@@ -128,7 +140,9 @@ def collected() -> Collected:
     )
     registry = CollectorRegistry()
     registry.register(
-        AgentCollector(lambda: snapshot(events), counters, lambda: IF_STATS, build=BUILD)
+        AgentCollector(
+            lambda: snapshot(events, lag_samples()), counters, lambda: IF_STATS, build=BUILD
+        )
     )
     text, samples = scrape(registry)
     return text, samples, counters
@@ -198,12 +212,43 @@ def test_policy_events_actors_and_build_info(collected: Collected) -> None:
     assert value(s, "fwd_build_info", **info) == 1
 
 
+def test_event_loop_lag_histogram_and_max(collected: Collected) -> None:
+    _, s, _ = collected
+    lag = "fwd_event_loop_lag_seconds"
+    # Cumulative buckets: two samples under 1 ms, one under 5 ms, one under 50 ms, one 0.3 s.
+    assert value(s, f"{lag}_bucket", le="0.001") == 2
+    assert value(s, f"{lag}_bucket", le="0.002") == 2
+    assert value(s, f"{lag}_bucket", le="0.005") == 3
+    assert value(s, f"{lag}_bucket", le="0.05") == 4
+    assert value(s, f"{lag}_bucket", le="0.25") == 4
+    assert value(s, f"{lag}_bucket", le="0.5") == 5
+    assert value(s, f"{lag}_bucket", le="+Inf") == 5
+    assert value(s, f"{lag}_count") == 5
+    assert value(s, f"{lag}_sum") == pytest.approx(0.3445)
+    assert value(s, "fwd_event_loop_lag_max_seconds") == pytest.approx(0.3)
+    assert value(s, "fwd_event_loop_lag_own_max_seconds") == pytest.approx(0.002)
+
+
+def test_lag_histogram_edges() -> None:
+    hist = LagHistogram((0.01, 0.1))
+    for lag in (-0.001, 0.01, 0.0100001, 5.0):  # early wake-up = 0; a bound is inclusive
+        hist.record(lag, own=1.0)  # own work can never exceed the lag
+    stats = hist.statistics()
+    assert stats.counts == (2, 1, 1)
+    assert stats.max == 5.0 and stats.samples == 4
+    assert stats.own_max == 1.0
+    with pytest.raises(ValueError):
+        LagHistogram((0.1, 0.01))
+
+
 def test_without_kernel_interface_stats_or_events_those_series_are_absent() -> None:
     registry = CollectorRegistry()
     registry.register(AgentCollector(snapshot, FakeCounters(COUNTERS), None, build=BUILD))
     _, s = scrape(registry)
     assert names(s, "fwd_interface_packets_total") == []
     assert names(s, "fwd_events_lost_total") == []
+    assert names(s, "fwd_event_loop_lag_max_seconds") == []
+    assert names(s, "fwd_event_loop_lag_own_max_seconds") == []
     assert value(s, "fwd_interface_attached", interface="eth0", mode="native") == 1
 
 
@@ -437,3 +482,22 @@ async def test_address_in_use_is_a_clear_error() -> None:
         with pytest.raises(MetricsAddressError, match=f"cannot listen on 127.0.0.1:{port}"):
             await server.run()
     assert list(registry.collect()) == []  # nothing registered
+
+
+@pytest.mark.asyncio
+async def test_loop_lag_monitor_tells_own_work_from_off_cpu() -> None:
+    """A callback that holds the loop shows as own-work lag; sleeping (off-CPU) does not."""
+    monitor = LoopLagMonitor(interval=0.005)
+    async with anyio.create_task_group() as tg:
+        await tg.start(monitor.run)
+        await anyio.sleep(0.02)
+        end = time.thread_time() + 0.06
+        while time.thread_time() < end:  # 60 ms of CPU with the loop held
+            pass
+        await anyio.sleep(0.02)
+        time.sleep(0.08)  # noqa: ASYNC251 - on purpose: 80 ms with the loop held, thread off-CPU
+        await anyio.sleep(0.02)
+        tg.cancel_scope.cancel()
+    stats = monitor.statistics()
+    assert stats.max >= 0.08
+    assert 0.04 <= stats.own_max < 0.08  # the spin, not the sleep
