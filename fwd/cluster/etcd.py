@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Self
 from urllib.parse import urlsplit
 
 import anyio
@@ -183,7 +183,7 @@ class EtcdClient:
             with anyio.CancelScope(shield=True):
                 await channel.close()
 
-    async def __aenter__(self) -> EtcdClient:
+    async def __aenter__(self) -> Self:
         self._connect()
         return self
 

@@ -129,3 +129,23 @@ async def test_failover_moves_to_the_next_url(etcd_server: EtcdServer) -> None:
         await etcd.failover(etcd.generation - 1)  # someone else already moved: no-op
         assert etcd.endpoint == etcd_server.url.removeprefix("http://")
         assert (await etcd.get("/t/a"))[0] is None
+
+
+@pytest.mark.root
+def test_etcd_server_inside_a_namespace() -> None:
+    from tests.etcd import need_etcd
+    from tests.netns import Netns, default_prefix
+
+    need_etcd()
+    netns = Netns(prefix=default_prefix())
+    try:
+        ns = netns.make_netns()
+        with EtcdServer(netns=ns) as server:
+            assert server.healthy()  # probed inside the namespace
+            host_side = EtcdServer.__new__(EtcdServer)
+            host_side.__dict__.update(server.__dict__, netns=None)
+            assert not host_side.healthy()  # the host's loopback is another one
+            server.restart()
+            assert server.healthy()
+    finally:
+        assert netns.cleanup() == []
