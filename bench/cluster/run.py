@@ -36,10 +36,10 @@ import anyio
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from fwd.cluster.etcd import EtcdClient  # noqa: E402
-from fwd.cluster.layout import Layout, decode_status, encode_policy_record  # noqa: E402
-from fwd.policy.model import policy_from_dict  # noqa: E402
-from tests.etcd import EtcdServer  # noqa: E402
+from fwd.cluster.etcd import EtcdClient
+from fwd.cluster.layout import Layout, decode_status, encode_policy_record
+from fwd.policy.model import policy_from_dict
+from tests.etcd import EtcdServer
 
 LAYOUT = Layout()
 

@@ -22,10 +22,10 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from fwd.cluster.etcd import EtcdClient  # noqa: E402
-from fwd.cluster.fake import RecordingDatapath  # noqa: E402
-from fwd.cluster.sync import ClusterSync, SyncConfig  # noqa: E402
-from fwd.messages import DatapathCommand  # noqa: E402
+from fwd.cluster.etcd import EtcdClient
+from fwd.cluster.fake import RecordingDatapath
+from fwd.cluster.sync import ClusterSync, SyncConfig
+from fwd.messages import DatapathCommand
 
 
 async def main(url: str, count: int, first: int, out: str, per_agent: bool) -> None:

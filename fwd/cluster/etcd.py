@@ -158,7 +158,9 @@ class EtcdClient:
     def _connect(self) -> None:
         if self._channel is not None:
             return
-        from aetcd import rpc  # the lazy import: only cluster mode needs aetcd and grpcio
+        from aetcd import (
+            rpc,  # the lazy import: only cluster mode needs aetcd and grpcio
+        )
 
         self._rpc = rpc
         self._channel = rpc.insecure_channel(self.endpoint, options=CHANNEL_OPTIONS)

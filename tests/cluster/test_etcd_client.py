@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import anyio
 import pytest
 
-from fwd.cluster.etcd import Compacted, EtcdClient, EtcdError, EtcdUnavailable, LeaseExpired, parse_urls
+from fwd.cluster.etcd import (
+    Compacted,
+    EtcdClient,
+    EtcdError,
+    EtcdUnavailable,
+    LeaseExpired,
+    parse_urls,
+)
 from tests.etcd import EtcdServer
 
 
@@ -70,9 +75,7 @@ async def test_watch_from_a_compacted_revision_says_so(etcd_server: EtcdServer) 
     async with EtcdClient(etcd_server.url) as etcd:
         for i in range(5):
             last = await etcd.put("/t/k", str(i).encode())
-        subprocess.run(
-            ["etcdctl", "--endpoints", etcd_server.url, "compact", str(last)], check=True, capture_output=True
-        )
+        await anyio.run_process(["etcdctl", "--endpoints", etcd_server.url, "compact", str(last)])
         with pytest.raises(Compacted):
             async with etcd.watch("/t/", "/t0", 2) as batches:
                 with anyio.fail_after(10):

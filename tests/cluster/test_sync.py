@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import pytest
 
-from fwd.cluster.etcd import EtcdClient, RangeResult
+from fwd.cluster.etcd import EtcdClient, RangeResult, WatchBatch
 from fwd.cluster.layout import decode_status
 from fwd.cluster.merge import policy_hash
 from fwd.errors import CapacityError
-from tests.cluster.helpers import LAYOUT, drop_rule, nodes_running, put_labels, put_policy, wait_until
+from tests.cluster.helpers import (
+    LAYOUT,
+    drop_rule,
+    nodes_running,
+    put_labels,
+    put_policy,
+    wait_until,
+)
 from tests.etcd import EtcdServer
 
 
@@ -50,25 +59,16 @@ class WritesAfterGet(EtcdClient):
             self.after_get.append((await self.delete_if(LAYOUT.policy_key("p0"), mod_revision=None)).revision)
         return result
 
-    def watch(self, start: str, end: str, start_revision: int) -> Any:
-        inner = super().watch(start, end, start_revision)
-        outer = self
+    @asynccontextmanager
+    async def watch(self, start: str, end: str, start_revision: int) -> AsyncIterator[AsyncIterator[WatchBatch]]:
+        async with super().watch(start, end, start_revision) as batches:
 
-        class Recording:
-            async def __aenter__(self) -> Any:
-                batches = await inner.__aenter__()
+            async def recorded() -> AsyncIterator[WatchBatch]:
+                async for batch in batches:
+                    self.delivered += [ev.kv.mod_revision for ev in batch.events]
+                    yield batch
 
-                async def recorded() -> Any:
-                    async for batch in batches:
-                        outer.delivered += [ev.kv.mod_revision for ev in batch.events]
-                        yield batch
-
-                return recorded()
-
-            async def __aexit__(self, *exc: Any) -> Any:
-                return await inner.__aexit__(*exc)
-
-        return Recording()
+            yield recorded()
 
 
 @pytest.mark.asyncio
