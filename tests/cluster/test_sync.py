@@ -257,3 +257,34 @@ async def test_cluster_status_and_who_is_behind(etcd_server: EtcdServer) -> None
         assert [(n.node, n.live) for n in view.nodes] == [("n1", True), ("n2", False)]
         assert [n.node for n in nodes_behind(view.nodes, rev + 1000, parse_selector(""))] == ["n1"]
         assert edge.sync.state.connected
+
+
+class CompactsAfterGet(EtcdClient):
+    """Writes and compacts etcd right after the sync's first range get, so its watch
+    from the get's revision + 1 finds that revision compacted away."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.armed = True
+        self.last = 0
+
+    async def get_range(self, start: str, end: str) -> RangeResult:
+        result = await super().get_range(start, end)
+        if self.armed:
+            self.armed = False
+            for i in range(3):
+                self.last = await put_policy(self, "p", "", 0, drop_rule(f"r{i}"))
+            await anyio.run_process(["etcdctl", "--endpoints", f"http://{self.endpoint}", "compact", str(self.last)])
+        return result
+
+
+@pytest.mark.asyncio
+async def test_a_compacted_watch_revision_means_a_full_reload(etcd_server: EtcdServer) -> None:
+    async with CompactsAfterGet(etcd_server.url) as etcd, nodes_running(etcd) as start:
+        node = await start("n1", backoff_min=0.01, backoff_max=0.05)
+        await wait_until(lambda: node.sync.state.synced_revision >= etcd.last, what="the reload")
+        stats = node.sync.statistics()
+        assert stats.failures >= 1 and stats.sessions >= 2  # the watch failed, a new get followed
+        assert [r.id for r in node.datapath.policy.rules] == ["p:r2"]
+        # Only the final state was applied: the intermediate versions were compacted away.
+        assert [[r.id for r in rec.policy.rules] for rec in node.datapath.applied] == [["p:r2"]]
