@@ -229,36 +229,6 @@ async def test_a_dead_node_goes_silent_after_its_lease(etcd_server: EtcdServer) 
         assert (await etcd.get(LAYOUT.labels_key("n1")))[0] is not None
 
 
-@pytest.mark.asyncio
-async def test_cluster_status_and_who_is_behind(etcd_server: EtcdServer) -> None:
-    from fwd.cluster.selector import parse_selector
-    from fwd.cluster.status import nodes_behind, read_cluster
-
-    async with NoRevoke(etcd_server.url) as etcd, nodes_running(etcd) as start:
-        edge = await start("n1", {"role": "edge"}, lease_ttl=2)
-        core = await start("n2", {"role": "core"}, lease_ttl=2)
-        rev = await put_policy(etcd, "p", "role=edge", 0, drop_rule("x"))
-        await status_when(etcd, "n1", lambda s: s["synced_revision"] >= rev)
-        await status_when(etcd, "n2", lambda s: s["synced_revision"] >= rev)
-        view = await read_cluster(etcd, LAYOUT)
-        assert [(n.node, n.live, n.lag, dict(n.labels)) for n in view.nodes] == [
-            ("n1", True, 0, {"role": "edge"}), ("n2", True, 0, {"role": "core"}),
-        ]  # fmt: skip
-        assert view.watched_revision == rev
-        assert nodes_behind(view.nodes, rev, parse_selector("")) == []
-        behind = nodes_behind(view.nodes, rev + 1000, parse_selector("role=edge"))
-        assert [n.node for n in behind] == ["n1"]
-        # n2 dies: once its lease expires it is silent, and nobody waits for it.
-        core.scope.cancel()
-        with anyio.fail_after(10):
-            while (await status_of(etcd, "n2")) is not None:
-                await anyio.sleep(0.1)
-        view = await read_cluster(etcd, LAYOUT)
-        assert [(n.node, n.live) for n in view.nodes] == [("n1", True), ("n2", False)]
-        assert [n.node for n in nodes_behind(view.nodes, rev + 1000, parse_selector(""))] == ["n1"]
-        assert edge.sync.state.connected
-
-
 class CompactsAfterGet(EtcdClient):
     """Writes and compacts etcd right after the sync's first range get, so its watch
     from the get's revision + 1 finds that revision compacted away."""
