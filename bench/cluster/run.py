@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -170,9 +171,7 @@ def bench(n: int, procs: int, rounds: int, per_agent: bool, timeout: float) -> d
                 w.kill()
                 w.wait()
         server.cleanup()
-        for p in work.iterdir():
-            if p.suffix == ".json":
-                p.unlink()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
