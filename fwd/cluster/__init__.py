@@ -1,0 +1,11 @@
+"""Cluster mode: policies, labels and status in etcd (docs/cluster.md).
+
+- ``layout``: the key layout and the JSON records under it (pure).
+- ``selector``: Kubernetes-style label selectors (pure).
+- ``merge``: the policies that select a node, merged into one Policy (pure).
+- ``etcd``: the one thin async seam over the etcd client library (aetcd).
+- ``sync``: the ClusterSync actor: etcd -> merge -> Datapath, and status back.
+- ``fake``: a recording Datapath for tests and the benchmark.
+
+Nothing here is imported in local mode, so local mode never needs aetcd.
+"""
