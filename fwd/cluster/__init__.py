@@ -1,0 +1,1 @@
+"""Cluster mode (issue 6): policies and node status in etcd."""
