@@ -524,6 +524,6 @@ class SetNodeLabels:
     reply: MemoryObjectSendStream[Reply[tuple[int, Labels]]]
 
 
-ClusterCommand = (
+ClusterAdminCommand = (
     PutClusterPolicy | DeleteClusterPolicy | ListClusterPolicies | ReadClusterStatus | SetNodeLabels
 )

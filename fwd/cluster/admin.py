@@ -1,6 +1,6 @@
 """The ClusterAdmin actor: the API's reads and writes of etcd in cluster mode.
 
-The Api sends it ``ClusterCommand``s (fwd/messages.py) and awaits the reply,
+The Api sends it ``ClusterAdminCommand``s (fwd/messages.py) and awaits the reply,
 as it does with the Datapath; this actor alone holds the etcd connection the
 API uses (the ClusterSync actor has its own, so a slow admin call never holds
 up a watch). Each command runs in its own task: etcd serves them concurrently
@@ -15,7 +15,6 @@ Writes use etcd transactions so nothing is overwritten unseen:
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import anyio
@@ -23,11 +22,17 @@ import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from fwd.cluster import view
-from fwd.cluster.etcdops import EtcdOps, key_name
-from fwd.errors import FwdError, PolicyError, PreconditionFailed, RevisionMismatch
+from fwd.cluster import overview
+from fwd.cluster.etcd import EtcdClient, EtcdError, EtcdUnavailable, KeyValue
+from fwd.cluster.layout import (
+    Layout,
+    decode_policy_record,
+    encode_labels,
+    encode_policy_record,
+)
+from fwd.errors import ClusterUnavailable, FwdError, NotFound, PolicyError, PreconditionFailed
 from fwd.messages import (
-    ClusterCommand,
+    ClusterAdminCommand,
     ClusterPolicyInfo,
     DeleteClusterPolicy,
     Labels,
@@ -37,50 +42,35 @@ from fwd.messages import (
     Reply,
     SetNodeLabels,
 )
-from fwd.policy.model import policy_from_dict, policy_to_dict
 
 log = structlog.get_logger("fwd.cluster.admin")
 
 LABEL_RETRIES = 5
 
 
-class NotFound(FwdError):
-    """The named object does not exist (NOT_FOUND)."""
-
-
-def encode_policy(info: ClusterPolicyInfo) -> bytes:
-    """The JSON value of ``<prefix>policies/<name>`` (docs/cluster.md)."""
-    record = {"selector": info.selector, "priority": info.priority,
-              "policy": policy_to_dict(info.policy)}  # fmt: skip
-    return json.dumps(record, sort_keys=True).encode()
-
-
-def decode_policy(name: str, raw: bytes, mod_revision: int) -> ClusterPolicyInfo:
-    """A stored policy record; PolicyError naming the key if it is not valid."""
-    try:
-        record = json.loads(raw)
-        if not isinstance(record, dict):
-            raise ValueError("not a JSON object")
-        priority = record.get("priority", 100)
-        if not isinstance(priority, int) or isinstance(priority, bool):
-            raise ValueError("priority is not an integer")
-        return ClusterPolicyInfo(
-            name, str(record.get("selector", "")), priority, mod_revision,
-            policy_from_dict(record.get("policy") or {}),
-        )  # fmt: skip
-    except (ValueError, PolicyError) as e:
-        raise PolicyError(f"policies/{name}", str(e)) from None
+def _stale(name: str, expected: int, current: KeyValue | None) -> PreconditionFailed:
+    """The compare-and-swap failed: say what the key holds now."""
+    if current is None:
+        now = "does not exist"
+    elif expected == 0:
+        now = f"already exists (mod revision {current.mod_revision})"
+    else:
+        now = f"has mod revision {current.mod_revision}"
+    return PreconditionFailed(
+        f"expect_revision: expected policy {name!r} at mod revision {expected}, but it {now}"
+    )
 
 
 class ClusterAdmin:
-    """Serves the Api's cluster commands against etcd under ``client.prefix``."""
+    """Serves the Api's cluster commands against etcd, keys placed by ``layout``."""
 
-    def __init__(self, client: EtcdOps) -> None:
+    def __init__(self, client: EtcdClient, layout: Layout) -> None:
         self._etcd = client
+        self._layout = layout
 
     async def run(
         self,
-        commands: MemoryObjectReceiveStream[ClusterCommand],
+        commands: MemoryObjectReceiveStream[ClusterAdminCommand],
         *,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -90,10 +80,18 @@ class ClusterAdmin:
             async for command in commands:
                 tg.start_soon(self._serve, command)
 
-    async def _serve(self, command: ClusterCommand) -> None:
+    async def _serve(self, command: ClusterAdminCommand) -> None:
         reply: Reply[Any]
         try:
             reply = Reply(await self.handle(command))
+        except EtcdUnavailable as e:
+            # The Api maps ClusterUnavailable to UNAVAILABLE; the next call tries the
+            # next endpoint.
+            generation = self._etcd.generation
+            reply = Reply(error=ClusterUnavailable(str(e)))
+            await self._etcd.failover(generation)
+        except EtcdError as e:
+            reply = Reply(error=PreconditionFailed(str(e)))
         except FwdError as e:
             reply = Reply(error=e)
         try:
@@ -103,7 +101,7 @@ class ClusterAdmin:
         finally:
             command.reply.close()
 
-    async def handle(self, command: ClusterCommand) -> Any:
+    async def handle(self, command: ClusterAdminCommand) -> Any:
         """The answer to one command (raises FwdError subclasses)."""
         if isinstance(command, PutClusterPolicy):
             return await self.put_policy(command.info, command.expect_revision)
@@ -118,62 +116,87 @@ class ClusterAdmin:
         raise TypeError(f"unknown command {command!r}")  # pragma: no cover
 
     async def put_policy(self, info: ClusterPolicyInfo, expect: int | None) -> int:
-        key = self._etcd.key("policies", info.name)
-        ok, revision, current = await self._etcd.put_if(key, encode_policy(info), expect)
-        if not ok:
-            raise RevisionMismatch(expect or 0, current)
+        key = self._layout.policy_key(info.name)
+        value = encode_policy_record(info.selector, info.priority, info.policy)
+        result = await self._etcd.put_if(key, value, mod_revision=expect)
+        if not result.succeeded:
+            raise _stale(info.name, expect or 0, result.current)
+        revision = result.revision
         log.info("cluster_policy_written", name=info.name, revision=revision,
                  selector=info.selector, priority=info.priority)  # fmt: skip
         return revision
 
     async def delete_policy(self, name: str, expect: int | None) -> int:
-        key = self._etcd.key("policies", name)
-        ok, revision, current = await self._etcd.delete_if(key, expect)
-        if not ok:
-            if current == 0:
+        key = self._layout.policy_key(name)
+        if expect is None:  # delete what is there, but say NOT_FOUND if nothing is
+            kv, _ = await self._etcd.get(key)
+            if kv is None:
                 raise NotFound(f"name: no policy named {name!r}")
-            raise RevisionMismatch(expect or 0, current)
+            expect = kv.mod_revision
+        result = await self._etcd.delete_if(key, mod_revision=expect)
+        if not result.succeeded:
+            if result.current is None:
+                raise NotFound(f"name: no policy named {name!r}")
+            raise _stale(name, expect, result.current)
+        revision = result.revision
         log.info("cluster_policy_deleted", name=name, revision=revision)
         return revision
 
     async def list_policies(self) -> tuple[int, tuple[ClusterPolicyInfo, ...]]:
-        revision, kvs = await self._etcd.get_prefix(self._etcd.key("policies", ""))
+        directory = self._layout.policies
+        listed = await self._etcd.get_prefix(directory)
         infos = []
-        for key, value, mod in kvs:
-            name = key_name(key)
+        for kv in listed.kvs:
+            name = self._layout.name_in(directory, kv.key)
+            if name is None:
+                continue
             try:
-                infos.append(decode_policy(name, value, mod))
+                r = decode_policy_record(name, kv.value, kv.mod_revision)
             except PolicyError as e:
                 log.warning("cluster_policy_unreadable", name=name, error=str(e))
+                continue
+            infos.append(
+                ClusterPolicyInfo(name, r.selector_text, r.priority, kv.mod_revision, r.policy)
+            )
         infos.sort(key=lambda i: (i.priority, i.name))
-        return revision, tuple(infos)
+        return listed.revision, tuple(infos)
 
     async def read_status(self) -> Any:
-        revision, labels, statuses = await self._etcd.get_two_prefixes(
-            self._etcd.key("labels", ""), self._etcd.key("status", "")
+        lay = self._layout
+        # Status first: a node's labels are then at least as new as its status.
+        statuses = await self._etcd.get_prefix(lay.status)
+        labels = await self._etcd.get_prefix(lay.labels)
+        return overview.cluster_view(
+            statuses.revision,
+            self._named(lay.labels, labels.kvs),
+            self._named(lay.status, statuses.kvs),
         )
-        return view.cluster_view(
-            revision,
-            {key_name(k): v for k, v, _ in labels},
-            {key_name(k): v for k, v, _ in statuses},
-        )
+
+    def _named(self, directory: str, kvs: tuple[KeyValue, ...]) -> dict[str, bytes]:
+        out = {}
+        for kv in kvs:
+            name = self._layout.name_in(directory, kv.key)
+            if name is not None:
+                out[name] = kv.value
+        return out
 
     async def set_labels(
         self, node: str, add: Labels, remove: tuple[str, ...]
     ) -> tuple[int, Labels]:
-        key = self._etcd.key("labels", node)
+        key = self._layout.labels_key(node)
         for _ in range(LABEL_RETRIES):
-            raw, mod = await self._etcd.get(key)
-            current = view.decode_labels(raw) if raw is not None else {}
+            kv, _ = await self._etcd.get(key)
+            current = overview.read_labels(node, kv.value) if kv is not None else {}
             wanted = {k: v for k, v in current.items() if k not in remove}
             wanted.update(add)
-            if raw is not None and wanted == current:
-                return 0, view.labels_of(current)
-            value = json.dumps(wanted, sort_keys=True).encode()
-            ok, revision, _ = await self._etcd.put_if(key, value, mod)
-            if ok:
-                log.info("cluster_labels_written", node=node, labels=wanted, revision=revision)
-                return revision, view.labels_of(wanted)
+            if kv is not None and wanted == current:
+                return 0, overview.labels_of(current)
+            mod = kv.mod_revision if kv is not None else 0
+            result = await self._etcd.put_if(key, encode_labels(wanted), mod_revision=mod)
+            if result.succeeded:
+                log.info("cluster_labels_written", node=node, labels=wanted,
+                         revision=result.revision)  # fmt: skip
+                return result.revision, overview.labels_of(wanted)
         raise PreconditionFailed(
             f"node: the labels of {node!r} changed {LABEL_RETRIES} times while writing; try again"
         )
