@@ -11,11 +11,11 @@ partition). Nodes that are known only by their labels key are *silent*.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
+from fwd.cluster.layout import decode_labels, decode_status
+from fwd.errors import PolicyError
 from fwd.messages import ClusterView, Labels, NodeView
 
 Matcher = Callable[[Mapping[str, str]], bool]
@@ -26,64 +26,38 @@ def labels_of(mapping: Mapping[str, str]) -> Labels:
     return tuple(sorted(mapping.items()))
 
 
-def _decode(raw: bytes) -> Any:
+def read_labels(node: str, raw: bytes) -> dict[str, str]:
+    """A labels key's value; an unreadable one counts as no labels (and is logged
+    by whoever wrote it wrong: ``fwd cluster label`` only writes valid ones)."""
     try:
-        return json.loads(raw)
-    except ValueError:
-        return None
-
-
-def decode_labels(raw: bytes) -> dict[str, str]:
-    """A labels key's JSON object; anything unreadable counts as no labels."""
-    data = _decode(raw)
-    if not isinstance(data, dict):
+        return decode_labels(node, raw)
+    except PolicyError:
         return {}
-    return {str(k): str(v) for k, v in data.items()}
 
 
-def _pairs(value: Any, second: Callable[[Any], Any]) -> tuple[tuple[str, Any], ...]:
-    out = []
-    for item in value if isinstance(value, list) else []:
-        if isinstance(item, (list, tuple)) and len(item) == 2:
-            out.append((str(item[0]), second(item[1])))
-    return tuple(out)
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def decode_status(node: str, raw: bytes, labels: Mapping[str, str] | None, revision: int) -> NodeView:
-    """A live node from its status record (see docs/cluster.md for the fields).
+def node_view(node: str, raw: bytes, labels: Mapping[str, str] | None, revision: int) -> NodeView:
+    """A live node from its status record (docs/cluster.md has the fields).
 
     ``labels`` from the node's labels key win over the ones in the record (etcd
     is the truth; the record says what the agent last saw).
     """
-    data = _decode(raw)
-    if not isinstance(data, dict):
-        return NodeView(node, labels_of(labels or {}), True, last_error="unreadable status record")
-    own = data.get("labels")
-    seen = {str(k): str(v) for k, v in own.items()} if isinstance(own, dict) else {}
-    synced = _int(data.get("synced_revision"))
-    interfaces = tuple(
-        (str(i.get("name", "")), str(i.get("mode", "")))
-        for i in data.get("interfaces", [])
-        if isinstance(i, dict)
-    ) if isinstance(data.get("interfaces"), list) else ()
-    updated = data.get("updated")
+    try:
+        s = decode_status(node, raw)
+    except PolicyError as e:
+        return NodeView(node, labels_of(labels or {}), True, last_error=f"unreadable status: {e}")
     return NodeView(
         node=node,
-        labels=labels_of(labels if labels is not None else seen),
+        labels=labels_of(labels if labels is not None else s.labels),
         live=True,
-        synced_revision=synced,
-        lag=max(0, revision - synced),
-        policy_hash=str(data.get("policy_hash", "")),
-        policies=_pairs(data.get("policies"), _int),
-        applied_revision=_int(data.get("applied_revision")),
-        interfaces=interfaces,
-        last_error=str(data.get("last_error", "")),
-        version=str(data.get("version", "")),
-        updated=float(updated) if isinstance(updated, (int, float)) else 0.0,
+        synced_revision=s.synced_revision,
+        lag=max(0, revision - s.synced_revision),
+        policy_hash=s.policy_hash,
+        policies=s.policies,
+        applied_revision=s.applied_revision,
+        interfaces=tuple((i.name, i.mode) for i in s.interfaces),
+        last_error=s.last_error,
+        version=s.version,
+        updated=s.updated,
     )
 
 
@@ -93,9 +67,9 @@ def cluster_view(
     """Every node named by a labels key or a status record, ordered by name."""
     nodes = []
     for node in sorted(set(labels) | set(statuses)):
-        own = decode_labels(labels[node]) if node in labels else None
+        own = read_labels(node, labels[node]) if node in labels else None
         if node in statuses:
-            nodes.append(decode_status(node, statuses[node], own, revision))
+            nodes.append(node_view(node, statuses[node], own, revision))
         else:
             nodes.append(NodeView(node, labels_of(own or {}), live=False))
     return ClusterView(revision, tuple(nodes))
