@@ -11,7 +11,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 PKGS=(clang llvm libbpf-dev libbpf1 bpftool xdp-tools iproute2 nftables iputils-ping
-      python3-venv python3-dev gcc make linux-libc-dev openssl prometheus)
+      python3-venv python3-dev gcc make linux-libc-dev openssl prometheus
+      etcd-server etcd-client)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,7 +29,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/python -m pip install -q -e '.[dev,etcd]'
 
 make -s -C bpf
 echo "setup.sh: ready (.venv, bpf/build/fwd.bpf.o)"

@@ -1,0 +1,369 @@
+"""The ClusterSync actor: etcd -> merged policy -> Datapath, and status back to etcd.
+
+One session (repeated after any etcd failure, with capped exponential backoff
+and jitter, 0.1 s -> 5 s):
+
+1. Once per actor: seed ``labels/<node>`` with ``--label`` if the key is absent.
+2. Range get of ``[labels/, policies0)`` at header revision R0: the node's view.
+3. Make sure the lease is alive (reuse it, else grant one); keep it alive.
+4. Reconcile (below), then watch the same range from R0 + 1 (nothing between
+   the get and the watch is lost or seen twice) and reconcile after each batch.
+
+Reconcile: select and merge the policies for the node's labels; if the merged
+policy's hash differs from the enforced one, send ``ApplyPolicy`` to the
+Datapath and await the reply. On success ``synced_revision`` becomes the
+batch's header revision; on failure the old policy stays, ``last_error`` says
+why and ``synced_revision`` stays (so ``fwd cluster wait`` names the node).
+Then ``status/<node>`` is put under the lease.
+
+While etcd is unreachable nothing is applied: the node keeps enforcing the
+last policy. A compacted watch revision or a reconnect means a full reload.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from fwd.cluster.etcd import EtcdClient, EtcdError, LeaseExpired
+from fwd.cluster.layout import InterfaceMode, Layout, StatusRecord, encode_labels, encode_status
+from fwd.cluster.merge import merge, policy_hash
+from fwd.cluster.messages import ClusterCommand, GetSyncState, SyncState
+from fwd.cluster.view import NodeView
+from fwd.errors import FwdError
+from fwd.messages import (
+    Applied,
+    ApplyPolicy,
+    DatapathCommand,
+    GetPolicy,
+    InterfaceStatus,
+    LinkState,
+    ListInterfaces,
+    Reply,
+)
+from fwd.policy.model import Policy
+
+log = structlog.get_logger("fwd.cluster")
+
+
+def fwd_version() -> str:
+    import fwd
+
+    version = getattr(fwd, "__version__", None)
+    if isinstance(version, str):
+        return version
+    try:
+        return importlib.metadata.version("fwd")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """Settings of one ClusterSync (from ``fwd agent --etcd ... --node ... --label ...``)."""
+
+    node: str
+    labels: Mapping[str, str] = field(default_factory=dict)  # seeds labels/<node> if absent
+    layout: Layout = field(default_factory=Layout)
+    lease_ttl: int = 10
+    backoff_min: float = 0.1
+    backoff_max: float = 5.0
+    reply_timeout: float = 10.0
+    interfaces_poll: float = 5.0  # how often to look for attach-mode changes (with links)
+    version: str = field(default_factory=fwd_version)
+
+
+@dataclass
+class SyncStatistics:
+    sessions: int = 0  # successful loads (1 + reconnects that reached etcd)
+    failures: int = 0  # sessions that ended in an etcd error
+    batches: int = 0
+    applies: int = 0
+    apply_errors: int = 0
+    status_puts: int = 0
+    leases: int = 0  # leases granted
+    synced_revision: int = 0
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter between ``low`` and the cap."""
+
+    def __init__(self, low: float, high: float) -> None:
+        self.low, self.high, self._next = low, high, low
+
+    def reset(self) -> None:
+        self._next = self.low
+
+    def next(self) -> float:
+        delay = random.uniform(self.low, self._next)
+        self._next = min(self._next * 2, self.high)
+        return delay
+
+
+class ClusterSync:
+    """Keeps the Datapath enforcing what etcd says this node should, and says so."""
+
+    def __init__(
+        self,
+        etcd: EtcdClient,
+        datapath: MemoryObjectSendStream[DatapathCommand],
+        config: SyncConfig,
+        *,
+        links: MemoryObjectSendStream[ListInterfaces] | None = None,
+        commands: MemoryObjectReceiveStream[ClusterCommand] | None = None,
+    ) -> None:
+        self._etcd = etcd
+        self._datapath = datapath
+        self._links = links
+        self._commands = commands
+        self.config = config
+        self._layout = config.layout
+        self._view = NodeView(config.layout, config.node)
+        self._state = SyncState(node=config.node)
+        self._applied_key: tuple[tuple[str, int], ...] | None = None
+        self._lease = 0
+        self._seeded = False
+        self._interfaces: tuple[InterfaceMode, ...] = ()
+        self._stats = SyncStatistics()
+        self._backoff = Backoff(config.backoff_min, config.backoff_max)
+
+    @property
+    def state(self) -> SyncState:
+        return self._state
+
+    def statistics(self) -> SyncStatistics:
+        self._stats.synced_revision = self._state.synced_revision
+        return self._stats
+
+    # --- the actor ------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Sync until cancelled. ``started`` once the first load is applied, or once
+        the first attempt failed (the node then keeps what it enforces and retries)."""
+        started = False
+
+        def ready() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                task_status.started()
+
+        with self._datapath:
+            try:
+                async with anyio.create_task_group() as tg:
+                    if self._commands is not None:
+                        tg.start_soon(self._serve_commands, self._commands)
+                    await self._adopt_enforced()
+                    while True:
+                        generation = self._etcd.generation
+                        try:
+                            await self._session(ready)
+                        except EtcdError as e:
+                            self._stats.failures += 1
+                            self._state = replace(self._state, connected=False, etcd_error=str(e))
+                            log.warning("etcd_unavailable", node=self.config.node, error=str(e))
+                            ready()
+                            await anyio.sleep(self._backoff.next())
+                            await self._etcd.failover(generation)
+            finally:
+                await self._revoke()
+
+    async def _serve_commands(self, commands: MemoryObjectReceiveStream[ClusterCommand]) -> None:
+        async with commands:
+            async for command in commands:
+                if isinstance(command, GetSyncState):
+                    with command.reply:
+                        try:
+                            await command.reply.send(Reply(value=self._state))
+                        except anyio.BrokenResourceError:
+                            pass
+
+    async def _adopt_enforced(self) -> None:
+        """Learn what the Datapath enforces now (e.g. adopted pins after a restart), so
+        an unchanged merged policy is not applied again."""
+        try:
+            applied = await self._ask(lambda r: GetPolicy(reply=r))
+        except FwdError as e:
+            log.warning("datapath_get_policy_failed", error=str(e))
+            return
+        self._state = replace(
+            self._state,
+            policy=applied.policy,
+            policy_hash=policy_hash(applied.policy),
+            applied_revision=applied.revision,
+        )
+
+    async def _session(self, ready: Callable[[], None]) -> None:
+        failure: list[EtcdError] = []
+
+        async def guarded(fn: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await fn()
+            except EtcdError as e:
+                failure.append(e)
+                tg.cancel_scope.cancel()
+
+        async def main() -> None:
+            await self._seed_labels()
+            start, end = self._layout.watch_range()
+            snapshot = await self._etcd.get_range(start, end)
+            self._view.load(snapshot.kvs)
+            await self._ensure_lease()
+            tg.start_soon(guarded, self._keep_alive)
+            if self._links is not None:
+                tg.start_soon(guarded, self._poll_interfaces)
+            self._stats.sessions += 1
+            self._state = replace(self._state, connected=True, etcd_error="")
+            await self._reconcile(snapshot.revision)
+            self._backoff.reset()
+            ready()
+            async with self._etcd.watch(start, end, snapshot.revision + 1) as batches:
+                async for batch in batches:
+                    self._stats.batches += 1
+                    self._view.apply(batch.events)
+                    await self._reconcile(batch.revision)
+
+        async with anyio.create_task_group() as tg:
+            await guarded(main)
+            tg.cancel_scope.cancel()
+        if failure:
+            raise failure[0]
+
+    async def _seed_labels(self) -> None:
+        if self._seeded:
+            return
+        key = self._layout.labels_key(self.config.node)
+        result = await self._etcd.put_if(key, encode_labels(self.config.labels), mod_revision=0)
+        log.info("labels_seeded" if result.succeeded else "labels_kept", node=self.config.node)
+        self._seeded = True
+
+    # --- lease and status ---------------------------------------------------------
+
+    async def _ensure_lease(self) -> None:
+        if self._lease and await self._etcd.lease_ttl(self._lease) > 0:
+            return
+        self._lease = await self._etcd.grant_lease(self.config.lease_ttl)
+        self._stats.leases += 1
+
+    async def _keep_alive(self) -> None:
+        while True:
+            try:
+                await self._etcd.keep_alive(self._lease, self.config.lease_ttl)
+            except LeaseExpired:
+                # Our status key went with it: a new lease, and the status again.
+                log.warning("lease_expired", node=self.config.node)
+                self._lease = 0
+                await self._ensure_lease()
+                await self._put_status()
+
+    async def _revoke(self) -> None:
+        lease, self._lease = self._lease, 0
+        if not lease:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+            try:
+                await self._etcd.revoke_lease(lease)
+            except EtcdError:
+                pass  # it expires on its own
+
+    async def _put_status(self) -> None:
+        s = self._state
+        record = StatusRecord(
+            node=s.node,
+            labels=s.labels,
+            synced_revision=s.synced_revision,
+            policy_hash=s.policy_hash,
+            policies=s.policies,
+            applied_revision=s.applied_revision,
+            interfaces=self._interfaces,
+            last_error=s.last_error,
+            version=self.config.version,
+            updated=time.time(),
+        )
+        await self._etcd.put(self._layout.status_key(s.node), encode_status(record), lease=self._lease)
+        self._stats.status_puts += 1
+
+    async def _poll_interfaces(self) -> None:
+        assert self._links is not None
+        while True:
+            try:
+                found = await self._ask_links()
+            except FwdError as e:
+                log.warning("list_interfaces_failed", error=str(e))
+            else:
+                modes = tuple(
+                    InterfaceMode(i.name, i.mode.value if i.state is LinkState.ATTACHED else i.state.value)
+                    for i in found
+                )
+                if modes != self._interfaces:
+                    self._interfaces = modes
+                    if self._state.synced_revision:
+                        await self._put_status()
+            await anyio.sleep(self.config.interfaces_poll)
+
+    # --- reconcile ----------------------------------------------------------------
+
+    async def _reconcile(self, revision: int) -> None:
+        selected = self._view.selected()
+        key = tuple((r.name, r.mod_revision) for r in selected)
+        labels = dict(self._view.node_labels())
+        state = replace(self._state, labels=labels)
+        apply_error = ""
+        if key != self._applied_key:
+            try:
+                policy = merge(selected)
+                digest = policy_hash(policy)
+                if digest != state.policy_hash:
+                    applied = await self._apply(policy)
+                    state = replace(state, policy=policy, policy_hash=digest, applied_revision=applied.revision)
+                state = replace(state, policies=key)
+                self._applied_key = key
+            except FwdError as e:
+                self._stats.apply_errors += 1
+                apply_error = f"apply: {e}"
+                log.warning("cluster_apply_failed", node=self.config.node, revision=revision, error=str(e))
+        if not apply_error:
+            state = replace(state, synced_revision=revision)
+        errors = [e for e in (apply_error, self._view.error_text()) if e]
+        self._state = replace(state, last_error="; ".join(errors))
+        await self._put_status()
+
+    async def _apply(self, policy: Policy) -> Applied:
+        applied = await self._ask(lambda r: ApplyPolicy(policy=policy, expect_revision=None, reply=r))
+        self._stats.applies += 1
+        return applied
+
+    async def _ask(self, make: Callable[[MemoryObjectSendStream[Reply[Applied]]], DatapathCommand]) -> Applied:
+        tx, rx = anyio.create_memory_object_stream[Reply[Applied]](1)
+        with rx:
+            try:
+                with anyio.fail_after(self.config.reply_timeout):
+                    await self._datapath.send(make(tx))
+                    reply = await rx.receive()
+            except TimeoutError:
+                raise FwdError(f"datapath did not answer within {self.config.reply_timeout} s") from None
+            except anyio.EndOfStream:
+                raise FwdError("datapath closed the request unanswered") from None
+        return reply.unwrap()
+
+    async def _ask_links(self) -> tuple[InterfaceStatus, ...]:
+        assert self._links is not None
+        tx, rx = anyio.create_memory_object_stream[Reply[tuple[InterfaceStatus, ...]]](1)
+        with rx:
+            try:
+                with anyio.fail_after(self.config.reply_timeout):
+                    await self._links.send(ListInterfaces(reply=tx))
+                    reply = await rx.receive()
+            except TimeoutError:
+                raise FwdError("links did not answer in time") from None
+            except anyio.EndOfStream:
+                raise FwdError("links closed the request unanswered") from None
+        return reply.unwrap()

@@ -1,0 +1,194 @@
+"""A real etcd for the cluster tests: started on loopback (or inside a namespace),
+with a temporary data dir and free ports, killed by PID.
+
+``EtcdServer.stop()`` / ``start()`` / ``restart()`` keep the data dir, so a test
+can take etcd away and bring the same cluster (same revisions, same keys) back.
+With ``netns=NAME`` the server runs under ``nsenter --net=/run/netns/NAME`` and
+listens on ``host`` there, so agents in other namespaces can reach it over a
+veth; health checks then run in that namespace too.
+
+The ``etcd_server`` fixture yields a started server (skipped when
+/usr/bin/etcd is missing) and always kills it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (the kernel's choice for an ephemeral bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class EtcdServer:
+    """One single-member etcd cluster owned by a test (or a benchmark)."""
+
+    def __init__(
+        self,
+        data_dir: Path | None = None,
+        *,
+        host: str = "127.0.0.1",
+        client_port: int | None = None,
+        peer_port: int | None = None,
+        netns: str | None = None,
+        name: str = "fwdtest",
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self._own_dir = data_dir is None
+        self.base_dir = Path(tempfile.mkdtemp(prefix="fwd-etcd-")) if data_dir is None else data_dir
+        self.data_dir = self.base_dir / "data"
+        self.log_path = self.base_dir / "etcd.log"
+        self.host = host
+        self.netns = netns
+        self.name = name
+        self.extra_args = extra_args
+        # Ports picked on the host: a fresh namespace has every port free anyway.
+        self.client_port = client_port or free_port()
+        self.peer_port = peer_port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.client_port}"
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError("etcd is not running")
+        return self.proc.pid
+
+    def argv(self) -> list[str]:
+        peer = f"http://{self.host}:{self.peer_port}"
+        argv = [
+            ETCD,
+            "--name", self.name,
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", self.url,
+            "--advertise-client-urls", self.url,
+            "--listen-peer-urls", peer,
+            "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"{self.name}={peer}",
+            "--initial-cluster-token", f"fwd-{os.getpid()}-{self.client_port}",
+            "--logger", "zap",
+            "--log-level", "warn",
+            *self.extra_args,
+        ]  # fmt: skip
+        if self.netns is not None:
+            # nsenter keeps the mount namespace (ip netns exec would remount /sys).
+            argv = ["nsenter", f"--net=/run/netns/{self.netns}", *argv]
+        return argv
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start etcd (same data dir as before, if any) and wait until it is healthy."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("etcd already running")
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            # nsenter execs etcd: the Popen pid is etcd's own.
+            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=log, start_new_session=True)
+        self.wait_healthy(timeout)
+
+    def healthy(self) -> bool:
+        """One health probe (GET /health; in the namespace when there is one)."""
+        if self.netns is None:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1.0) as resp:
+                    return b'"true"' in resp.read()
+            except OSError:
+                return False
+        probe = subprocess.run(
+            ["nsenter", f"--net=/run/netns/{self.netns}", "curl", "-sf", "-m", "1", f"{self.url}/health"],
+            capture_output=True,
+            timeout=5,
+        )
+        return probe.returncode == 0 and b'"true"' in probe.stdout
+
+    def wait_healthy(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"etcd exited:\n{self.log()}")
+            if self.healthy():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"etcd not healthy after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """Stop etcd by PID (SIGKILL if it does not exit in time); the data dir stays."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self, timeout: float = 20.0) -> None:
+        self.stop()
+        self.start(timeout)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time etcd has used (from /proc/<pid>/stat)."""
+        with open(f"/proc/{self.pid}/stat") as f:
+            # Fields after the ")" of the command name; utime and stime are 14 and 15.
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def cleanup(self) -> None:
+        """Kill etcd and remove the data dir if this object made it."""
+        self.kill()
+        if self._own_dir:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def __enter__(self) -> EtcdServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+def need_etcd() -> None:
+    if not os.path.exists(ETCD):
+        pytest.skip("etcd is not installed (Debian: etcd-server)")
+
+
+@pytest.fixture
+def etcd_server(tmp_path: Path) -> Iterator[EtcdServer]:
+    """A started etcd on loopback with its data under ``tmp_path``; killed afterwards."""
+    need_etcd()
+    server = EtcdServer(tmp_path / "etcd")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
