@@ -40,6 +40,7 @@ from fwd.api.gen.fwd import v1 as pb
 from fwd.api.gen.google_proto_descriptor_pool import (
     default_google_proto_descriptor_pool,
 )
+from fwd.cluster.messages import GetSyncState, SyncState
 from fwd.errors import (
     BpfError,
     CapacityError,
@@ -123,12 +124,12 @@ class Api:
         events: MemoryObjectSendStream[messages.EventsCommand] | None = None,
         metrics: GrpcMetrics | None = None,
         cluster: MemoryObjectSendStream[messages.ClusterAdminCommand] | None = None,
-        synced_revision: Callable[[], int] | None = None,
+        sync: MemoryObjectSendStream[GetSyncState] | None = None,
     ) -> None:
         # Cluster mode: etcd reads and writes go to the ClusterAdmin actor, and
-        # GetPolicy reports the etcd revision the ClusterSync actor has synced.
+        # GetPolicy answers what the ClusterSync actor has synced and applied.
         self._cluster = cluster
-        self._synced_revision = synced_revision
+        self._sync = sync
         self._events = events
         self._metrics = metrics
         self._datapath = datapath
@@ -361,9 +362,11 @@ class Api:
             self._events, lambda r: messages.Subscribe(flt, r), "events"
         )
 
-    def synced_revision(self) -> int:
-        """Cluster mode: the etcd revision through which this node has synced."""
-        return self._synced_revision() if self._synced_revision is not None else 0
+    async def sync_state(self) -> SyncState:
+        """Cluster mode: the merged policy enforced here and the etcd revision synced."""
+        if self._sync is None:
+            raise GRPCError(Status.FAILED_PRECONDITION, cluster.LOCAL_MODE)
+        return await self.ask(self._sync, lambda r: GetSyncState(reply=r), "cluster sync")
 
     async def get_policy(self) -> messages.Applied:
         """The policy and revision the data plane enforces now."""
@@ -421,11 +424,15 @@ class _PolicyService(pb.PolicyServiceBase):
         self._api = api
 
     async def get_policy(self, message: pb.GetPolicyRequest) -> pb.GetPolicyResponse:
+        if self._api.cluster_mode:
+            # The merged policy this node enforces, at the etcd revision it synced.
+            state = await self._api.sync_state()
+            return pb.GetPolicyResponse(
+                revision=state.synced_revision, policy=convert.policy_to_proto(state.policy)
+            )
         applied = await self._api.get_policy()
-        # Cluster mode: the merged policy this node enforces, at the etcd revision synced.
-        revision = self._api.synced_revision() if self._api.cluster_mode else applied.revision
         return pb.GetPolicyResponse(
-            revision=revision, policy=convert.policy_to_proto(applied.policy)
+            revision=applied.revision, policy=convert.policy_to_proto(applied.policy)
         )
 
     async def apply_policy(self, message: pb.ApplyPolicyRequest) -> pb.ApplyPolicyResponse:

@@ -9,5 +9,6 @@
 - ``overview``: what ``fwd cluster status`` / ``wait`` show, from the status records (pure).
 - ``fake``: a recording Datapath for tests and the benchmark.
 
-Nothing here is imported in local mode, so local mode never needs aetcd.
+Local mode imports only the pure modules (through the API: selector, layout,
+overview), never aetcd.
 """

@@ -16,6 +16,7 @@ import anyio
 import pytest
 from grpclib import GRPCError
 from grpclib.client import Channel
+from anyio.streams.memory import MemoryObjectReceiveStream
 from grpclib.const import Status
 
 from fwd.api import convert
@@ -24,7 +25,8 @@ from fwd.api.server import Api
 from fwd.cluster.admin import ClusterAdmin
 from fwd.cluster.etcd import EtcdClient
 from fwd.cluster.layout import Layout, StatusRecord, encode_labels, encode_status
-from fwd.messages import ClusterAdminCommand, DatapathCommand, ListInterfaces, Settings
+from fwd.cluster.messages import GetSyncState, SyncState
+from fwd.messages import ClusterAdminCommand, DatapathCommand, ListInterfaces, Reply, Settings
 from fwd.policy.model import policy_from_dict
 from fwd.testing import FakeDatapath, FakeLinks, serve_api
 from tests.etcd import EtcdServer, etcd_server  # noqa: F401 - the fixture
@@ -52,9 +54,10 @@ async def cluster_api(tmp_path: Path, url: str) -> AsyncIterator[tuple[Channel, 
     admin_etcd = EtcdClient(url, timeout=2.0)
     test_etcd = EtcdClient(url, timeout=2.0)
     admin = ClusterAdmin(admin_etcd, LAYOUT)
-    api = Api(datapath=dp_tx, links=if_tx, settings=settings, cluster=cl_tx,
-              synced_revision=lambda: 42)  # fmt: skip
+    sync_tx, sync_rx = anyio.create_memory_object_stream[GetSyncState](16)
+    api = Api(datapath=dp_tx, links=if_tx, settings=settings, cluster=cl_tx, sync=sync_tx)
     async with admin_etcd, test_etcd, anyio.create_task_group() as tg:
+        tg.start_soon(fake_sync, sync_rx)
         await tg.start(FakeDatapath(dp_rx).run)
         await tg.start(FakeLinks(if_rx, ()).run)
         await tg.start(admin.run, cl_rx)
@@ -65,6 +68,17 @@ async def cluster_api(tmp_path: Path, url: str) -> AsyncIterator[tuple[Channel, 
         finally:
             channel.close()
             tg.cancel_scope.cancel()
+
+
+ENFORCED = SyncState(node="self", synced_revision=42, policy=policy_from_dict(DROP_UDP))
+
+
+async def fake_sync(commands: MemoryObjectReceiveStream[GetSyncState]) -> None:
+    """Stands in for ClusterSync: answers GetSyncState with ENFORCED."""
+    async with commands:
+        async for command in commands:
+            with command.reply:
+                await command.reply.send(Reply(ENFORCED))
 
 
 async def put_status(etcd: EtcdClient, node: str, synced: int, **labels: str) -> None:
@@ -110,7 +124,7 @@ async def test_apply_writes_etcd_with_compare_and_swap(tmp_path: Path, etcd_serv
 
         # GetPolicy: the merged policy enforced here, at the synced etcd revision.
         got = await policies.get_policy(pb.GetPolicyRequest())
-        assert got.revision == 42
+        assert got.revision == 42 and got.policy.rules[0].id == "no-udp"
 
 
 async def test_apply_refuses_bad_requests(tmp_path: Path, etcd_server: EtcdServer) -> None:
