@@ -8,9 +8,10 @@ way ClusterSync writes them, so these tests pin the API's side of the contract.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -33,11 +34,11 @@ from tests.etcd import EtcdServer, etcd_server  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.asyncio
 
-DROP_UDP = {"rules": [{"id": "no-udp", "action": "drop", "protocol": "udp", "dst_ports": [9999]}]}
+DROP_UDP: dict[str, Any] = {"rules": [{"id": "no-udp", "action": "drop", "protocol": "udp", "dst_ports": [9999]}]}
 LAYOUT = Layout("/fwdtest/")
 
 
-def proto(raw: dict[str, object]) -> pb.Policy:
+def proto(raw: Mapping[str, Any]) -> pb.Policy:
     return convert.policy_to_proto(policy_from_dict(raw))
 
 
@@ -120,11 +121,13 @@ async def test_apply_writes_etcd_with_compare_and_swap(tmp_path: Path, etcd_serv
             ("edge", "role=edge", 10, second.revision),
             ("default", "", 100, third.revision),
         ]
+        assert listed.policies[0].policy is not None
         assert listed.policies[0].policy.rules[0].id == "no-udp"
 
         # GetPolicy: the merged policy enforced here, at the synced etcd revision.
         got = await policies.get_policy(pb.GetPolicyRequest())
-        assert got.revision == 42 and got.policy.rules[0].id == "no-udp"
+        assert got.revision == 42 and got.policy is not None
+        assert got.policy.rules[0].id == "no-udp"
 
 
 async def test_apply_refuses_bad_requests(tmp_path: Path, etcd_server: EtcdServer) -> None:
