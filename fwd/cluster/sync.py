@@ -78,6 +78,10 @@ class SyncConfig:
     backoff_max: float = 5.0
     reply_timeout: float = 10.0
     interfaces_poll: float = 5.0  # how often to look for attach-mode changes (with links)
+    # A status whose only news is a higher synced_revision (e.g. another node was
+    # relabelled) is written at most this often; a new policy, error or label at once.
+    # Without it a burst of N label writes makes N agents write N statuses each.
+    status_interval: float = 1.0
     version: str = field(default_factory=fwd_version)
 
 
@@ -134,6 +138,9 @@ class ClusterSync:
         self._interfaces: tuple[InterfaceMode, ...] = ()
         self._stats = SyncStatistics()
         self._backoff = Backoff(config.backoff_min, config.backoff_max)
+        self._status_wanted = anyio.Event()
+        self._status_urgent = anyio.Event()
+        self._apply_failed = False
 
     @property
     def state(self) -> SyncState:
@@ -218,6 +225,7 @@ class ClusterSync:
             self._view.load(snapshot.kvs)
             await self._ensure_lease()
             tg.start_soon(guarded, self._keep_alive)
+            tg.start_soon(guarded, self._publish_status)
             if self._links is not None:
                 tg.start_soon(guarded, self._poll_interfaces)
             self._stats.sessions += 1
@@ -228,8 +236,10 @@ class ClusterSync:
             async with self._etcd.watch(start, end, snapshot.revision + 1) as batches:
                 async for batch in batches:
                     self._stats.batches += 1
-                    self._view.apply(batch.events)
-                    await self._reconcile(batch.revision)
+                    if self._view.apply(batch.events):
+                        await self._reconcile(batch.revision)
+                    else:  # only other nodes' labels changed: nothing to merge or apply
+                        self._advance(batch.revision)
 
         async with anyio.create_task_group() as tg:
             await guarded(main)
@@ -274,6 +284,21 @@ class ClusterSync:
             except EtcdError:
                 pass  # it expires on its own
 
+    def _want_status(self, urgent: bool) -> None:
+        self._status_wanted.set()
+        if urgent:
+            self._status_urgent.set()
+
+    async def _publish_status(self) -> None:
+        """Write the status when wanted: at once if urgent, else at most every interval."""
+        while True:
+            await self._status_wanted.wait()
+            self._status_wanted = anyio.Event()
+            await self._put_status()
+            with anyio.move_on_after(self.config.status_interval):
+                await self._status_urgent.wait()
+            self._status_urgent = anyio.Event()
+
     async def _put_status(self) -> None:
         s = self._state
         record = StatusRecord(
@@ -305,8 +330,7 @@ class ClusterSync:
                 )
                 if modes != self._interfaces:
                     self._interfaces = modes
-                    if self._state.synced_revision:
-                        await self._put_status()
+                    self._want_status(urgent=True)
             await anyio.sleep(self.config.interfaces_poll)
 
     # --- reconcile ----------------------------------------------------------------
@@ -330,11 +354,22 @@ class ClusterSync:
                 self._stats.apply_errors += 1
                 apply_error = f"apply: {e}"
                 log.warning("cluster_apply_failed", node=self.config.node, revision=revision, error=str(e))
+        self._apply_failed = bool(apply_error)
         if not apply_error:
             state = replace(state, synced_revision=revision)
         errors = [e for e in (apply_error, self._view.error_text()) if e]
-        self._state = replace(state, last_error="; ".join(errors))
-        await self._put_status()
+        state = replace(state, last_error="; ".join(errors))
+        old, self._state = self._state, state
+        news = (old.policy_hash, old.policies, old.last_error, old.labels) != (
+            state.policy_hash, state.policies, state.last_error, state.labels
+        )  # fmt: skip
+        self._want_status(urgent=news or not old.synced_revision)
+
+    def _advance(self, revision: int) -> None:
+        """Everything up to ``revision`` is seen and none of it concerns this node."""
+        if self._applied_key is not None and not self._apply_failed:
+            self._state = replace(self._state, synced_revision=revision)
+            self._want_status(urgent=False)
 
     async def _apply(self, policy: Policy) -> Applied:
         applied = await self._ask(lambda r: ApplyPolicy(policy=policy, expect_revision=None, reply=r))

@@ -41,11 +41,15 @@ class NodeView:
             elif kv.key == self._labels_key:
                 self._put_labels(kv)
 
-    def apply(self, events: Iterable[Event]) -> None:
-        """Fold in one watch batch, in order."""
+    def apply(self, events: Iterable[Event]) -> bool:
+        """Fold in one watch batch, in order; False if none of it concerns this node
+        (only other nodes' labels changed)."""
+        relevant = False
         for ev in events:
             kv = ev.kv
             name = self.layout.name_in(self.layout.policies, kv.key)
+            if name is not None or kv.key == self._labels_key:
+                relevant = True
             if name is not None:
                 if ev.deleted:
                     self.policies.pop(name, None)
@@ -58,6 +62,7 @@ class NodeView:
                     self.errors.pop(kv.key, None)
                 else:
                     self._put_labels(kv)
+        return relevant
 
     def _put_policy(self, name: str, kv: KeyValue, previous: PolicyRecord | None) -> None:
         try:
