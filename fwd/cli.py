@@ -320,6 +320,11 @@ def _agent(args: argparse.Namespace) -> int:
         return 0
     from fwd import agent  # lazily: it pulls in libbpf and netlink
 
+    try:
+        cluster = _cluster_settings(args)
+    except _Failed as exc:
+        print(f"fwd: {exc}", file=sys.stderr)
+        return 2
     settings = Settings(
         socket_path=args.socket,
         state_dir=args.state_dir,
@@ -335,7 +340,7 @@ def _agent(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
         metrics_addr=args.metrics,
-        **_cluster_settings(args),
+        **cluster,
     )
     return agent.run(settings, log_level=args.log_level)
 
@@ -345,7 +350,7 @@ def _cluster_settings(args: argparse.Namespace) -> dict[str, Any]:
     so a typo stops the agent before it loads anything)."""
     if not args.etcd:
         if args.node or args.label:
-            raise SystemExit("fwd: --node and --label need --etcd (cluster mode)")
+            raise _Failed("--node and --label need --etcd (cluster mode)")
         return {}
     from fwd.cluster.etcd import EtcdError, parse_urls
     from fwd.cluster.layout import check_node_name
@@ -357,7 +362,7 @@ def _cluster_settings(args: argparse.Namespace) -> dict[str, Any]:
         if args.node:
             check_node_name(args.node)
     except (EtcdError, PolicyError) as exc:
-        raise SystemExit(f"fwd: {exc}") from None
+        raise _Failed(str(exc)) from None
     return {
         "etcd_endpoints": tuple(u.strip() for u in args.etcd.split(",") if u.strip()),
         "node_name": args.node,
