@@ -122,7 +122,7 @@ class ClusterAdmin:
         if not result.succeeded:
             raise _stale(info.name, expect or 0, result.current)
         revision = result.revision
-        log.info("cluster_policy_written", name=info.name, revision=revision,
+        log.info("cluster_policy_written", policy=info.name, revision=revision,
                  selector=info.selector, priority=info.priority)  # fmt: skip
         return revision
 
@@ -139,7 +139,7 @@ class ClusterAdmin:
                 raise NotFound(f"name: no policy named {name!r}")
             raise _stale(name, expect, result.current)
         revision = result.revision
-        log.info("cluster_policy_deleted", name=name, revision=revision)
+        log.info("cluster_policy_deleted", policy=name, revision=revision)
         return revision
 
     async def list_policies(self) -> tuple[int, tuple[ClusterPolicyInfo, ...]]:
@@ -153,7 +153,7 @@ class ClusterAdmin:
             try:
                 r = decode_policy_record(name, kv.value, kv.mod_revision)
             except PolicyError as e:
-                log.warning("cluster_policy_unreadable", name=name, error=str(e))
+                log.warning("cluster_policy_unreadable", policy=name, error=str(e))
                 continue
             infos.append(
                 ClusterPolicyInfo(name, r.selector_text, r.priority, kv.mod_revision, r.policy)
