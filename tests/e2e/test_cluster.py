@@ -234,6 +234,11 @@ def test_policy_by_label_relabel_etcd_outage_and_silent_node(cluster: Cluster) -
     # Enforcement on the dead agent's node continues: XDP stays pinned.
     assert cluster.udp(edge0, [9997, 9999, 9998]) == {9997: 0, 9999: 0, 9998: 10}
 
+    # A clean stop (SIGTERM) exits 0 and revokes the lease: silent at once, no TTL wait.
+    assert edge1.agent.stop() == 0
+    status = cluster.status(node=2)
+    assert [n["node"] for n in status["nodes"] if not n["live"]] == ["n0", "n1"]
+
 
 def _try_apply(cluster: Cluster, name: str, policy: dict[str, Any], selector: str) -> int | None:
     """Apply through node 0 if etcd answers yet; None while it is UNAVAILABLE."""
