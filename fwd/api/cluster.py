@@ -3,7 +3,8 @@
 Handlers validate, ask the ClusterAdmin actor (fwd/cluster/admin.py) and turn
 its answer into a response, like every other handler: they never talk to etcd
 themselves. ``fwd cluster wait`` polls the status records through the actor
-(every POLL_INTERVAL) until the selected nodes caught up or time ran out.
+(every POLL_INTERVAL) until the selected nodes caught up or time ran out; an
+unreachable etcd only ends it early if it is still unreachable at the deadline.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ MAX_WAIT_SECONDS = 3600.0
 POLICY_FIELDS_CLUSTER_ONLY = ("name", "selector", "priority")
 LOCAL_MODE = "not in cluster mode: start the agent with --etcd to use the cluster API"
 POLL_INTERVAL = 0.05
+UNAVAILABLE_RETRY = 0.2  # seconds between status reads while etcd is unreachable
 
 
 def _invalid(e: PolicyError) -> GRPCError:
@@ -120,7 +122,16 @@ class ClusterService(pb.ClusterServiceBase):
             )
         deadline = time.monotonic() + timeout
         while True:
-            view: messages.ClusterView = await self._api.ask_cluster(messages.ReadClusterStatus)
+            try:
+                view: messages.ClusterView = await self._api.ask_cluster(
+                    messages.ReadClusterStatus
+                )
+            except GRPCError as e:
+                # etcd away for a moment is no reason to give up before the deadline.
+                if e.status is not Status.UNAVAILABLE or time.monotonic() >= deadline:
+                    raise
+                await anyio.sleep(UNAVAILABLE_RETRY)
+                continue
             state = wait_state(view, message.revision, selector.matches)
             if state.done:
                 return pb.ClusterWaitResponse(nodes=list(state.live), silent=list(state.silent))

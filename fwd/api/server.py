@@ -34,7 +34,8 @@ from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server
 
 from fwd import messages
-from fwd.api import cluster, convert, tls, wire
+from fwd.api import cluster as cluster_api
+from fwd.api import convert, tls, wire
 from fwd.api.fastwire import EncodedEventBatch, encode_batch, encode_event
 from fwd.api.gen.fwd import v1 as pb
 from fwd.api.gen.google_proto_descriptor_pool import (
@@ -152,7 +153,7 @@ class Api:
             _EventService(self),
             _RuleService(self),
             _SetService(self),
-            cluster.ClusterService(self),
+            cluster_api.ClusterService(self),
         ]
         # An empty check list per service: each reports SERVING while the server runs.
         health = Health({service: [] for service in services})
@@ -288,7 +289,7 @@ class Api:
     ) -> T:
         """Ask the ClusterAdmin actor; FAILED_PRECONDITION in local mode."""
         if self._cluster is None:
-            raise GRPCError(Status.FAILED_PRECONDITION, cluster.LOCAL_MODE)
+            raise GRPCError(Status.FAILED_PRECONDITION, cluster_api.LOCAL_MODE)
         return await self.ask(self._cluster, make, "cluster")
 
     @property
@@ -365,7 +366,7 @@ class Api:
     async def sync_state(self) -> SyncState:
         """Cluster mode: the merged policy enforced here and the etcd revision synced."""
         if self._sync is None:
-            raise GRPCError(Status.FAILED_PRECONDITION, cluster.LOCAL_MODE)
+            raise GRPCError(Status.FAILED_PRECONDITION, cluster_api.LOCAL_MODE)
         return await self.ask(self._sync, lambda r: GetSyncState(reply=r), "cluster sync")
 
     async def get_policy(self) -> messages.Applied:
@@ -437,8 +438,8 @@ class _PolicyService(pb.PolicyServiceBase):
 
     async def apply_policy(self, message: pb.ApplyPolicyRequest) -> pb.ApplyPolicyResponse:
         if self._api.cluster_mode:
-            return await cluster.apply_policy(self._api, message)
-        cluster.refuse_cluster_fields(message)
+            return await cluster_api.apply_policy(self._api, message)
+        cluster_api.refuse_cluster_fields(message)
         if message.confirm_within_seconds > MAX_CONFIRM_SECONDS:
             raise GRPCError(
                 Status.INVALID_ARGUMENT,

@@ -240,6 +240,10 @@ async def test_etcd_down_is_unavailable(tmp_path: Path, etcd_server: EtcdServer)
             await cluster.status(pb.ClusterStatusRequest())
         assert err.value.status is Status.UNAVAILABLE
         assert "etcd" in (err.value.message or "")
+        # A wait keeps trying until its deadline, then says why it could not know.
+        with pytest.raises(GRPCError) as err:
+            await cluster.wait(pb.ClusterWaitRequest(revision=1, timeout_seconds=0.5))
+        assert err.value.status is Status.UNAVAILABLE
         etcd_server.start()
         with anyio.fail_after(15):
             while True:  # grpc reconnects by itself (backoff capped at 5 s)
