@@ -23,6 +23,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -117,6 +118,7 @@ class EtcdServer:
             ["nsenter", f"--net=/run/netns/{self.netns}", "curl", "-sf", "-m", "1", f"{self.url}/health"],
             capture_output=True,
             timeout=5,
+            check=False,
         )
         return probe.returncode == 0 and b'"true"' in probe.stdout
 
@@ -169,7 +171,7 @@ class EtcdServer:
         if self._own_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
-    def __enter__(self) -> EtcdServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

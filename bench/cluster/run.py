@@ -36,10 +36,10 @@ import anyio
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from fwd.cluster.etcd import EtcdClient  # noqa: E402
-from fwd.cluster.layout import Layout, decode_status, encode_policy_record  # noqa: E402
-from fwd.policy.model import policy_from_dict  # noqa: E402
-from tests.etcd import EtcdServer  # noqa: E402
+from fwd.cluster.etcd import EtcdClient
+from fwd.cluster.layout import Layout, decode_status, encode_policy_record
+from fwd.policy.model import policy_from_dict
+from tests.etcd import EtcdServer
 
 LAYOUT = Layout()
 
@@ -106,11 +106,13 @@ def bench(n: int, procs: int, rounds: int, per_agent: bool, timeout: float) -> d
             with open(work / f"worker{i}.log", "w") as log:
                 workers.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True))
             first += count
+        ready = []
         for w in workers:
             assert w.stdout is not None
             line = w.stdout.readline()
             if not line.startswith("ready"):
                 raise RuntimeError(f"worker failed: {line!r}; see {work}")
+            ready.append(line.strip())
         startup = time.monotonic() - t_start
         # Idle: nothing written, every agent keeping its lease alive.
         cpu0, t0 = server.cpu_seconds(), time.monotonic()
@@ -144,6 +146,7 @@ def bench(n: int, procs: int, rounds: int, per_agent: bool, timeout: float) -> d
         enforce = [x for r in results for x in r.enforce]
         status = [x for r in results for x in r.status_at.values()]
         print(f"\nN = {n} agents in {procs} processes ({'a client per agent' if per_agent else 'one shared client per process'}); startup {startup:.1f} s; etcd idle CPU {idle * 100:.1f} %")
+        print("  workers: " + "; ".join(ready))
         for k, r in enumerate(results):
             print(
                 f"  round {k}: rev {r.revision}: enforcing {len(r.enforce)}/{n}: {spread(r.enforce)} | "

@@ -14,6 +14,7 @@ as JSON: ``{node: [[unix_time, "rule,ids"], ...]}``.
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -22,10 +23,10 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from fwd.cluster.etcd import EtcdClient  # noqa: E402
-from fwd.cluster.fake import RecordingDatapath  # noqa: E402
-from fwd.cluster.sync import ClusterSync, SyncConfig  # noqa: E402
-from fwd.messages import DatapathCommand  # noqa: E402
+from fwd.cluster.etcd import EtcdClient
+from fwd.cluster.fake import RecordingDatapath
+from fwd.cluster.sync import ClusterSync, SyncConfig
+from fwd.messages import DatapathCommand
 
 
 async def main(url: str, count: int, first: int, out: str, per_agent: bool) -> None:
@@ -47,7 +48,8 @@ async def main(url: str, count: int, first: int, out: str, per_agent: bool) -> N
             tg.start_soon(sync.run)
         while not all(s.statistics().status_puts for s in syncs):
             await anyio.sleep(0.05)
-        print(f"ready {count} agents in {time.monotonic() - t0:.1f}s", flush=True)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"ready {count} agents in {time.monotonic() - t0:.1f} s, {rss:.0f} MB max RSS", flush=True)
         await anyio.to_thread.run_sync(sys.stdin.readline)
         tg.cancel_scope.cancel()
     for c in set(clients):

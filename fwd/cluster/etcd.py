@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Self
 from urllib.parse import urlsplit
 
 import anyio
@@ -158,7 +158,9 @@ class EtcdClient:
     def _connect(self) -> None:
         if self._channel is not None:
             return
-        from aetcd import rpc  # the lazy import: only cluster mode needs aetcd and grpcio
+        from aetcd import (
+            rpc,  # the lazy import: only cluster mode needs aetcd and grpcio
+        )
 
         self._rpc = rpc
         self._channel = rpc.insecure_channel(self.endpoint, options=CHANNEL_OPTIONS)
@@ -183,7 +185,7 @@ class EtcdClient:
             with anyio.CancelScope(shield=True):
                 await channel.close()
 
-    async def __aenter__(self) -> EtcdClient:
+    async def __aenter__(self) -> Self:
         self._connect()
         return self
 

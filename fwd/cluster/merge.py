@@ -111,3 +111,9 @@ def merged_for(
     """The merged policy for a node with ``labels`` and the (name, mod_revision) it used."""
     ordered = select(records, labels)
     return merge(ordered), tuple((r.name, r.mod_revision) for r in ordered)
+
+
+def check_mergeable(record: PolicyRecord) -> None:
+    """Raise PolicyError if ``record`` cannot take part in a merge (renamed ids or set
+    names out of bounds): writers call this before storing it, so agents never see it."""
+    merge([record])

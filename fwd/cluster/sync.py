@@ -34,7 +34,13 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from fwd.cluster.etcd import EtcdClient, EtcdError, LeaseExpired
-from fwd.cluster.layout import InterfaceMode, Layout, StatusRecord, encode_labels, encode_status
+from fwd.cluster.layout import (
+    InterfaceMode,
+    Layout,
+    StatusRecord,
+    encode_labels,
+    encode_status,
+)
 from fwd.cluster.merge import merge, policy_hash
 from fwd.cluster.messages import ClusterCommand, GetSyncState, SyncState
 from fwd.cluster.view import NodeView

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import anyio
 import pytest
 
-from fwd.cluster.etcd import Compacted, EtcdClient, EtcdError, EtcdUnavailable, LeaseExpired, parse_urls
+from fwd.cluster.etcd import (
+    Compacted,
+    EtcdClient,
+    EtcdError,
+    EtcdUnavailable,
+    LeaseExpired,
+    parse_urls,
+)
 from tests.etcd import EtcdServer
 
 
@@ -70,9 +75,7 @@ async def test_watch_from_a_compacted_revision_says_so(etcd_server: EtcdServer) 
     async with EtcdClient(etcd_server.url) as etcd:
         for i in range(5):
             last = await etcd.put("/t/k", str(i).encode())
-        subprocess.run(
-            ["etcdctl", "--endpoints", etcd_server.url, "compact", str(last)], check=True, capture_output=True
-        )
+        await anyio.run_process(["etcdctl", "--endpoints", etcd_server.url, "compact", str(last)])
         with pytest.raises(Compacted):
             async with etcd.watch("/t/", "/t0", 2) as batches:
                 with anyio.fail_after(10):
@@ -129,3 +132,23 @@ async def test_failover_moves_to_the_next_url(etcd_server: EtcdServer) -> None:
         await etcd.failover(etcd.generation - 1)  # someone else already moved: no-op
         assert etcd.endpoint == etcd_server.url.removeprefix("http://")
         assert (await etcd.get("/t/a"))[0] is None
+
+
+@pytest.mark.root
+def test_etcd_server_inside_a_namespace() -> None:
+    from tests.etcd import need_etcd
+    from tests.netns import Netns, default_prefix
+
+    need_etcd()
+    netns = Netns(prefix=default_prefix())
+    try:
+        ns = netns.make_netns()
+        with EtcdServer(netns=ns) as server:
+            assert server.healthy()  # probed inside the namespace
+            host_side = EtcdServer.__new__(EtcdServer)
+            host_side.__dict__.update(server.__dict__, netns=None)
+            assert not host_side.healthy()  # the host's loopback is another one
+            server.restart()
+            assert server.healthy()
+    finally:
+        assert netns.cleanup() == []

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import pytest
 
-from fwd.cluster.etcd import EtcdClient, RangeResult
+from fwd.cluster.etcd import EtcdClient, RangeResult, WatchBatch
 from fwd.cluster.layout import decode_status
 from fwd.cluster.merge import policy_hash
 from fwd.errors import CapacityError
-from tests.cluster.helpers import LAYOUT, drop_rule, nodes_running, put_labels, put_policy, wait_until
+from tests.cluster.helpers import (
+    LAYOUT,
+    drop_rule,
+    nodes_running,
+    put_labels,
+    put_policy,
+    wait_until,
+)
 from tests.etcd import EtcdServer
 
 
@@ -50,25 +59,16 @@ class WritesAfterGet(EtcdClient):
             self.after_get.append((await self.delete_if(LAYOUT.policy_key("p0"), mod_revision=None)).revision)
         return result
 
-    def watch(self, start: str, end: str, start_revision: int) -> Any:
-        inner = super().watch(start, end, start_revision)
-        outer = self
+    @asynccontextmanager
+    async def watch(self, start: str, end: str, start_revision: int) -> AsyncIterator[AsyncIterator[WatchBatch]]:
+        async with super().watch(start, end, start_revision) as batches:
 
-        class Recording:
-            async def __aenter__(self) -> Any:
-                batches = await inner.__aenter__()
+            async def recorded() -> AsyncIterator[WatchBatch]:
+                async for batch in batches:
+                    self.delivered += [ev.kv.mod_revision for ev in batch.events]
+                    yield batch
 
-                async def recorded() -> Any:
-                    async for batch in batches:
-                        outer.delivered += [ev.kv.mod_revision for ev in batch.events]
-                        yield batch
-
-                return recorded()
-
-            async def __aexit__(self, *exc: Any) -> Any:
-                return await inner.__aexit__(*exc)
-
-        return Recording()
+            yield recorded()
 
 
 @pytest.mark.asyncio
@@ -227,3 +227,34 @@ async def test_a_dead_node_goes_silent_after_its_lease(etcd_server: EtcdServer) 
                 await anyio.sleep(0.1)
         # Its labels stay: the node is known, and silent.
         assert (await etcd.get(LAYOUT.labels_key("n1")))[0] is not None
+
+
+class CompactsAfterGet(EtcdClient):
+    """Writes and compacts etcd right after the sync's first range get, so its watch
+    from the get's revision + 1 finds that revision compacted away."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.armed = True
+        self.last = 0
+
+    async def get_range(self, start: str, end: str) -> RangeResult:
+        result = await super().get_range(start, end)
+        if self.armed:
+            self.armed = False
+            for i in range(3):
+                self.last = await put_policy(self, "p", "", 0, drop_rule(f"r{i}"))
+            await anyio.run_process(["etcdctl", "--endpoints", f"http://{self.endpoint}", "compact", str(self.last)])
+        return result
+
+
+@pytest.mark.asyncio
+async def test_a_compacted_watch_revision_means_a_full_reload(etcd_server: EtcdServer) -> None:
+    async with CompactsAfterGet(etcd_server.url) as etcd, nodes_running(etcd) as start:
+        node = await start("n1", backoff_min=0.01, backoff_max=0.05)
+        await wait_until(lambda: node.sync.state.synced_revision >= etcd.last, what="the reload")
+        stats = node.sync.statistics()
+        assert stats.failures >= 1 and stats.sessions >= 2  # the watch failed, a new get followed
+        assert [r.id for r in node.datapath.policy.rules] == ["p:r2"]
+        # Only the final state was applied: the intermediate versions were compacted away.
+        assert [[r.id for r in rec.policy.rules] for rec in node.datapath.applied] == [["p:r2"]]

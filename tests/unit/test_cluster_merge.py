@@ -154,3 +154,11 @@ def test_merge_properties(raw: dict[str, tuple[str, int, dict[str, Any]]], label
         assert policy == EMPTY_POLICY
     # Merging is deterministic whatever order etcd listed the keys in.
     assert policy_hash(merged_for(list(reversed(records)), labels)[0]) == policy_hash(policy)
+
+
+def test_check_mergeable_at_write_time() -> None:
+    from fwd.cluster.merge import check_mergeable
+
+    check_mergeable(EDGE)
+    with pytest.raises(PolicyError, match="9lives.sets.s"):
+        check_mergeable(record("9lives", "", 0, {"sets": {"s": {"type": "port", "elements": [1]}}}))
