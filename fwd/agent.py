@@ -19,7 +19,7 @@ import math
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -58,6 +58,9 @@ from fwd.metrics.server import MetricsServer
 from fwd.policy.lockout import Service, check_lockout, parse_prefixes
 from fwd.policy.model import Policy
 from fwd.store import SqliteStore
+
+if TYPE_CHECKING:
+    from fwd.cluster.supervise import ClusterMode
 
 log = structlog.get_logger("fwd.agent")
 
@@ -113,6 +116,7 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
         store = SqliteStore(settings.state_dir)
         barrier = RcuBarrier()
         ring = RingBuffer(maps["fwd_events"].fd)
+        cluster: ClusterMode | None = None
         try:
             dataplane = Dataplane(maps, ncpus, barrier)
             names_tx, names_rx = anyio.create_memory_object_stream[SlotNames](math.inf)
@@ -147,6 +151,11 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
             # Python's GC and process metrics under names we do not own.
             registry = CollectorRegistry()
             loop_lag = LoopLagMonitor()
+            if settings.cluster:
+                # Lazily: local mode never loads the etcd client.
+                from fwd.cluster.supervise import ClusterMode
+
+                cluster = ClusterMode(settings, dp_cmd_tx.clone(), ifreq_tx.clone())
             api = Api(
                 datapath=dp_cmd_tx,
                 links=ifreq_tx,
@@ -154,6 +163,8 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
                 confirmer=confirm_tx,
                 events=ev_cmd_tx,
                 metrics=GrpcMetrics(registry) if settings.metrics_addr else None,
+                cluster=cluster.admin_tx if cluster else None,
+                sync=cluster.sync_tx if cluster else None,
             )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_signals, tg.cancel_scope)
@@ -165,6 +176,8 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
                 await tg.start(_actor, "discovery", discovery.run, ev_tx)
                 # After the Datapath: a rollback due while the agent was down goes out at once.
                 await tg.start(_actor, "confirmer", confirmer.run, confirm_rx, dp_cmd_tx.clone())
+                if cluster is not None:  # after Datapath and Links: it feeds and asks them
+                    await cluster.start(tg, _actor)
                 await tg.start(_actor, "api", api.run)
                 if settings.metrics_addr:
                     if_map = maps.get(IF_STATS_MAP)  # absent from objects built before it
@@ -192,6 +205,7 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
                 gc.freeze()
                 log.info(
                     "agent_ready",
+                    node=cluster.node if cluster else None,
                     socket=settings.socket_path,
                     metrics=settings.metrics_addr,
                     prog_id=prog.id,
@@ -200,6 +214,8 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
                 systemd.notify(f"READY=1\nSTATUS=enforcing revision {revision}")
                 tg.start_soon(systemd.watchdog)
         finally:
+            if cluster is not None:
+                await cluster.aclose()
             store.close()
             barrier.close()
             ring.close()

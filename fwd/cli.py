@@ -25,7 +25,7 @@ from grpclib.exceptions import StreamTerminatedError
 from fwd.api.client import SOCKET_ENV, AgentUnreachable, Client, default_socket
 from fwd.api.convert import policy_from_proto
 from fwd.api.gen.fwd import v1 as pb
-from fwd import cli_rules
+from fwd import cli_cluster, cli_rules
 from fwd.api.tls import client_context
 from fwd.bpf import abi
 from fwd.errors import PolicyError
@@ -39,8 +39,10 @@ COMMANDS_EPILOG = """\
 commands:
   fwd agent [--socket PATH] [--state-dir DIR] [--bpffs DIR] [--include GLOB]...
             [--exclude GLOB]... [--dry-run] [--detach-on-exit] [--metrics ADDR] [--log-level LEVEL]
+            [--etcd URL[,URL...] [--node NAME] [--label K=V]... [--etcd-prefix P] [--lease-ttl S]]
   fwd policy get [-o yaml|json]
   fwd policy apply FILE [--expect-revision N] [--force] [--dry-run] [--confirm-within D]
+                        [--name N] [--selector S] [--priority P]     (cluster mode)
   fwd policy confirm [REV]
   fwd policy rollback REV [--expect-revision N]
   fwd policy history [-o table|json]
@@ -50,6 +52,10 @@ commands:
   fwd events [--follow] [--action A] [--rule ID] [--iface I] [--prefix CIDR] [-o json]
   fwd interfaces [-o table|json]
   fwd stats [-o table|json]
+  fwd cluster status [--selector S] [-o table|json]
+  fwd cluster wait --revision R [--selector S] [--timeout SECONDS]
+  fwd cluster label NODE KEY=VALUE... [--remove KEY]...
+  fwd cluster policies [-o table|json] | delete NAME [--expect-revision N]
 
 Client commands take --socket PATH (default: $FWD_SOCKET or /run/fwd/fwd.sock)
 and --timeout SECONDS. 'fwd COMMAND --help' describes each command.
@@ -149,8 +155,17 @@ async def _policy_apply(client: Client, args: argparse.Namespace, out: TextIO) -
             f"'fwd policy confirm {reply.revision}'\n"
         )
         return
-    revision = await client.apply_policy(args.policy, args.expect_revision, force=args.force)
-    out.write(f"applied revision {revision}\n")
+    cluster = {"name": args.name, "selector": args.selector, "priority": args.priority}
+    revision = await client.apply_policy(
+        args.policy, args.expect_revision, force=args.force, **cluster
+    )
+    if any(v is not None for v in cluster.values()):
+        out.write(
+            f"wrote policy {args.name or 'default'} at etcd revision {revision} "
+            f"(fwd cluster wait --revision {revision})\n"
+        )
+    else:
+        out.write(f"applied revision {revision}\n")
 
 
 async def _policy_confirm(client: Client, args: argparse.Namespace, out: TextIO) -> None:
@@ -306,6 +321,11 @@ def _agent(args: argparse.Namespace) -> int:
         return 0
     from fwd import agent  # lazily: it pulls in libbpf and netlink
 
+    try:
+        cluster = _cluster_settings(args)
+    except _Failed as exc:
+        print(f"fwd: {exc}", file=sys.stderr)
+        return 2
     settings = Settings(
         socket_path=args.socket,
         state_dir=args.state_dir,
@@ -323,8 +343,36 @@ def _agent(args: argparse.Namespace) -> int:
         metrics_addr=args.metrics,
         event_rate=args.event_rate,
         event_burst=args.event_burst,
+        **cluster,
     )
     return agent.run(settings, log_level=args.log_level)
+
+
+def _cluster_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The cluster-mode fields of Settings from ``fwd agent --etcd ...`` (validated here,
+    so a typo stops the agent before it loads anything)."""
+    if not args.etcd:
+        if args.node or args.label:
+            raise _Failed("--node and --label need --etcd (cluster mode)")
+        return {}
+    from fwd.cluster.etcd import EtcdError, parse_urls
+    from fwd.cluster.layout import check_node_name
+    from fwd.cluster.selector import parse_labels
+
+    try:
+        parse_urls(args.etcd)
+        labels = parse_labels(args.label)
+        if args.node:
+            check_node_name(args.node)
+    except (EtcdError, PolicyError) as exc:
+        raise _Failed(str(exc)) from None
+    return {
+        "etcd_endpoints": tuple(u.strip() for u in args.etcd.split(",") if u.strip()),
+        "node_name": args.node,
+        "node_labels": tuple(sorted(labels.items())),
+        "etcd_prefix": args.etcd_prefix,
+        "lease_ttl": args.lease_ttl,
+    }
 
 
 # --- argument parsing ----------------------------------------------------------
@@ -359,6 +407,13 @@ def _revision(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
+    return value
+
+
+def _lease_ttl(text: str) -> int:
+    value = int(text)
+    if not 2 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be 2-3600 seconds, not {text}")
     return value
 
 
@@ -520,6 +575,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="events a CPU may emit at once above --event-rate (default: %(default)s)",
     )
     agent.add_argument(
+        "--etcd",
+        default="",
+        metavar="URL[,URL...]",
+        help="cluster mode: take the policy from etcd at these endpoints (http://HOST:PORT) "
+        "and report status there; without it the agent runs in local mode (SQLite)",
+    )
+    agent.add_argument(
+        "--node", default="", metavar="NAME",
+        help="this node's name in etcd (default: the host name)",
+    )  # fmt: skip
+    agent.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE",
+        help="a label of this node, written to etcd only if the node has no labels there "
+        "yet (afterwards etcd is the truth: fwd cluster label); repeatable",
+    )  # fmt: skip
+    agent.add_argument(
+        "--etcd-prefix", default=defaults.etcd_prefix, metavar="PREFIX",
+        help="keys live under this prefix (default: %(default)s)",
+    )  # fmt: skip
+    agent.add_argument(
+        "--lease-ttl", type=_lease_ttl, default=defaults.lease_ttl, metavar="SECONDS",
+        help="the node shows as silent this long after it stops (default: %(default)s)",
+    )  # fmt: skip
+    agent.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
         default="info",
@@ -581,6 +660,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="roll back to the previous revision unless 'fwd policy confirm' arrives "
         "within DURATION (60s, 10m, 1h); the deadline survives an agent restart",
     )
+    apply.add_argument("--name", metavar="N",
+                       help="cluster mode: the policy's name in etcd (default: default)")
+    apply.add_argument("--selector", metavar="S",
+                       help="cluster mode: the nodes it applies to, e.g. 'role=edge,zone!=b' "
+                       "(default: every node)")
+    apply.add_argument("--priority", type=int, metavar="P",
+                       help="cluster mode: merge order, lower first (default: 100)")
     apply.set_defaults(client=_policy_apply, prepare=_load_policy)
 
     confirm = policy_sub.add_parser(
@@ -614,6 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.set_defaults(client=_policy_history)
 
     cli_rules.register(sub, policy_sub, common, _revision, _load_policy)
+    cli_cluster.register(sub, common, _revision, _client_options)
 
     events = sub.add_parser(
         "events",

@@ -49,3 +49,11 @@ class CapacityError(FwdError):
 
 class LinkError(FwdError):
     """Attaching to or detaching from an interface failed."""
+
+
+class NotFound(FwdError):
+    """A named object does not exist (NOT_FOUND at the API)."""
+
+
+class ClusterUnavailable(FwdError):
+    """etcd could not be reached or did not answer in time (UNAVAILABLE at the API)."""

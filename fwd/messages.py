@@ -386,6 +386,18 @@ class Settings:
     # (what it suppresses is counted). Defaults: bpf/fwd.h FWD_EVENT_RATE / _BURST.
     event_rate: int = 100_000
     event_burst: int = 10_000
+    # Cluster mode (issue 6): policies come from etcd at these endpoints
+    # ("http://HOST:PORT"); empty means local mode (SQLite, the default).
+    etcd_endpoints: tuple[str, ...] = ()
+    node_name: str = ""  # this node's name in etcd (default: the host name)
+    node_labels: tuple[tuple[str, str], ...] = ()  # written once, if the node has none
+    etcd_prefix: str = "/fwd/"
+    lease_ttl: int = 10  # seconds: the status record vanishes this long after a crash
+
+    @property
+    def cluster(self) -> bool:
+        """Whether the agent runs in cluster mode (policies from etcd)."""
+        return bool(self.etcd_endpoints)
 
 
 # --- Events (issue 4) -----------------------------------------------------------
@@ -430,3 +442,92 @@ class Subscribe:
 
 
 EventsCommand = Subscribe
+
+
+# --- Api -> ClusterAdmin (cluster mode, issue 6) ----------------------------------
+
+Labels = tuple[tuple[str, str], ...]  # sorted (key, value) pairs: hashable, immutable
+
+
+@dataclass(frozen=True)
+class ClusterPolicyInfo:
+    """One policy stored in etcd under ``<prefix>policies/<name>``."""
+
+    name: str
+    selector: str
+    priority: int
+    mod_revision: int
+    policy: Policy
+
+
+@dataclass(frozen=True)
+class PutClusterPolicy:
+    """Write a policy to etcd; the reply is the etcd revision of the write.
+
+    ``expect_revision``: None writes unconditionally, 0 only if the key does not
+    exist, N only if N is the key's mod revision (else RevisionMismatch).
+    """
+
+    info: ClusterPolicyInfo  # mod_revision is ignored
+    expect_revision: int | None
+    reply: MemoryObjectSendStream[Reply[int]]
+
+
+@dataclass(frozen=True)
+class DeleteClusterPolicy:
+    name: str
+    expect_revision: int | None
+    reply: MemoryObjectSendStream[Reply[int]]
+
+
+@dataclass(frozen=True)
+class ListClusterPolicies:
+    """Every stored policy in merge order, and the etcd revision they were read at."""
+
+    reply: MemoryObjectSendStream[Reply[tuple[int, tuple[ClusterPolicyInfo, ...]]]]
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """One node as etcd describes it: its labels and (while its lease lives) its status."""
+
+    node: str
+    labels: Labels
+    live: bool
+    synced_revision: int = 0
+    lag: int = 0
+    policy_hash: str = ""
+    policies: tuple[tuple[str, int], ...] = ()
+    applied_revision: int = 0
+    interfaces: tuple[tuple[str, str], ...] = ()  # (name, attach mode)
+    last_error: str = ""
+    version: str = ""
+    updated: float = 0.0  # unix time
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """Every node known to etcd at ``revision``, ordered by name."""
+
+    revision: int
+    nodes: tuple[NodeView, ...]
+
+
+@dataclass(frozen=True)
+class ReadClusterStatus:
+    reply: MemoryObjectSendStream[Reply[ClusterView]]
+
+
+@dataclass(frozen=True)
+class SetNodeLabels:
+    """Set and remove labels of ``node``; the reply is (revision, labels after)."""
+
+    node: str
+    set: Labels
+    remove: tuple[str, ...]
+    reply: MemoryObjectSendStream[Reply[tuple[int, Labels]]]
+
+
+ClusterAdminCommand = (
+    PutClusterPolicy | DeleteClusterPolicy | ListClusterPolicies | ReadClusterStatus | SetNodeLabels
+)

@@ -88,12 +88,15 @@ class Client:
         return await self._call(stub.get_policy(pb.GetPolicyRequest()))
 
     async def apply_policy(
-        self, policy: Policy, expect_revision: int | None = None, *, force: bool = False
+        self, policy: Policy, expect_revision: int | None = None, *, force: bool = False,
+        name: str | None = None, selector: str | None = None, priority: int | None = None,
     ) -> int:
-        """Enforce ``policy``; returns the new revision."""
+        """Enforce ``policy``; returns the new revision (in cluster mode: write it to
+        etcd as ``name`` for the nodes ``selector`` picks, and return the etcd revision)."""
         stub = pb.PolicyServiceStub(self.channel, timeout=self.timeout)
         request = pb.ApplyPolicyRequest(
-            policy=convert.policy_to_proto(policy), expect_revision=expect_revision, force=force
+            policy=convert.policy_to_proto(policy), expect_revision=expect_revision, force=force,
+            name=name or "", selector=selector or "", priority=priority,
         )
         response = await self._call(stub.apply_policy(request))
         return response.revision

@@ -34,16 +34,20 @@ from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server
 
 from fwd import messages
+from fwd.api import cluster as cluster_api
 from fwd.api import convert, tls, wire
 from fwd.api.fastwire import BatchEncoder, EncodedEventBatch
 from fwd.api.gen.fwd import v1 as pb
 from fwd.api.gen.google_proto_descriptor_pool import (
     default_google_proto_descriptor_pool,
 )
+from fwd.cluster.messages import GetSyncState, SyncState
 from fwd.errors import (
     BpfError,
     CapacityError,
+    ClusterUnavailable,
     LinkError,
+    NotFound,
     PolicyError,
     PreconditionFailed,
     RevisionMismatch,
@@ -91,6 +95,10 @@ def _grpc_errors(what: str) -> Iterator[None]:
         raise GRPCError(Status.FAILED_PRECONDITION, str(exc)) from None
     except CapacityError as exc:
         raise GRPCError(Status.RESOURCE_EXHAUSTED, str(exc)) from None
+    except NotFound as exc:
+        raise GRPCError(Status.NOT_FOUND, str(exc)) from None
+    except ClusterUnavailable as exc:
+        raise GRPCError(Status.UNAVAILABLE, str(exc)) from None
     except (BpfError, LinkError) as exc:
         raise GRPCError(Status.INTERNAL, f"{what}: {exc}") from None
     except Exception as exc:
@@ -116,7 +124,13 @@ class Api:
         confirmer: MemoryObjectSendStream[messages.ConfirmCommand] | None = None,
         events: MemoryObjectSendStream[messages.EventsCommand] | None = None,
         metrics: GrpcMetrics | None = None,
+        cluster: MemoryObjectSendStream[messages.ClusterAdminCommand] | None = None,
+        sync: MemoryObjectSendStream[GetSyncState] | None = None,
     ) -> None:
+        # Cluster mode: etcd reads and writes go to the ClusterAdmin actor, and
+        # GetPolicy answers what the ClusterSync actor has synced and applied.
+        self._cluster = cluster
+        self._sync = sync
         self._events = events
         self._metrics = metrics
         self._datapath = datapath
@@ -140,6 +154,7 @@ class Api:
             _EventService(self),
             _RuleService(self),
             _SetService(self),
+            cluster_api.ClusterService(self),
         ]
         # An empty check list per service: each reports SERVING while the server runs.
         health = Health({service: [] for service in services})
@@ -258,6 +273,27 @@ class Api:
             return reply.unwrap()
 
     @property
+    def cluster_mode(self) -> bool:
+        return self._cluster is not None
+
+    def local_only(self, what: str) -> None:
+        """Refuse a change of the local policy in cluster mode: etcd holds the policy."""
+        if self._cluster is not None:
+            raise GRPCError(
+                Status.FAILED_PRECONDITION,
+                f"cluster mode: {what} changes only this node's policy; write the policy in "
+                "etcd instead (fwd policy apply --name N --selector S)",
+            )
+
+    async def ask_cluster(
+        self, make: Callable[[MemoryObjectSendStream[Reply[T]]], messages.ClusterAdminCommand]
+    ) -> T:
+        """Ask the ClusterAdmin actor; FAILED_PRECONDITION in local mode."""
+        if self._cluster is None:
+            raise GRPCError(Status.FAILED_PRECONDITION, cluster_api.LOCAL_MODE)
+        return await self.ask(self._cluster, make, "cluster")
+
+    @property
     def confirmer(self) -> MemoryObjectSendStream[messages.ConfirmCommand]:
         if self._confirmer is None:
             raise GRPCError(Status.UNIMPLEMENTED, "commit-confirm is not available")
@@ -328,6 +364,12 @@ class Api:
             self._events, lambda r: messages.Subscribe(flt, r), "events"
         )
 
+    async def sync_state(self) -> SyncState:
+        """Cluster mode: the merged policy enforced here and the etcd revision synced."""
+        if self._sync is None:
+            raise GRPCError(Status.FAILED_PRECONDITION, cluster_api.LOCAL_MODE)
+        return await self.ask(self._sync, lambda r: GetSyncState(reply=r), "cluster sync")
+
     async def get_policy(self) -> messages.Applied:
         """The policy and revision the data plane enforces now."""
         return await self.ask(self._datapath, lambda r: messages.GetPolicy(reply=r), "datapath")
@@ -384,12 +426,21 @@ class _PolicyService(pb.PolicyServiceBase):
         self._api = api
 
     async def get_policy(self, message: pb.GetPolicyRequest) -> pb.GetPolicyResponse:
+        if self._api.cluster_mode:
+            # The merged policy this node enforces, at the etcd revision it synced.
+            state = await self._api.sync_state()
+            return pb.GetPolicyResponse(
+                revision=state.synced_revision, policy=convert.policy_to_proto(state.policy)
+            )
         applied = await self._api.get_policy()
         return pb.GetPolicyResponse(
             revision=applied.revision, policy=convert.policy_to_proto(applied.policy)
         )
 
     async def apply_policy(self, message: pb.ApplyPolicyRequest) -> pb.ApplyPolicyResponse:
+        if self._api.cluster_mode:
+            return await cluster_api.apply_policy(self._api, message)
+        cluster_api.refuse_cluster_fields(message)
         if message.confirm_within_seconds > MAX_CONFIRM_SECONDS:
             raise GRPCError(
                 Status.INVALID_ARGUMENT,
@@ -413,12 +464,14 @@ class _PolicyService(pb.PolicyServiceBase):
     async def confirm_policy(
         self, message: pb.ConfirmPolicyRequest
     ) -> pb.ConfirmPolicyResponse:
+        self._api.local_only("ConfirmPolicy")
         pending = await self._api.confirm(message.revision)
         return pb.ConfirmPolicyResponse(revision=pending.revision)
 
     async def rollback_policy(
         self, message: pb.RollbackPolicyRequest
     ) -> pb.RollbackPolicyResponse:
+        self._api.local_only("RollbackPolicy")
         applied = await self._api.rollback(
             message.revision, message.expect_revision, message.force
         )
@@ -488,6 +541,7 @@ class _RuleService(pb.RuleServiceBase):
         self._api = api
 
     async def add_rule(self, message: pb.AddRuleRequest) -> pb.RuleChangeResponse:
+        self._api.local_only("AddRule")
         anchors = [
             name
             for name, given in (
@@ -517,6 +571,7 @@ class _RuleService(pb.RuleServiceBase):
         return pb.RuleChangeResponse(revision=applied.revision)
 
     async def delete_rule(self, message: pb.DeleteRuleRequest) -> pb.RuleChangeResponse:
+        self._api.local_only("DeleteRule")
         if not message.rule_id:
             raise GRPCError(Status.INVALID_ARGUMENT, "rule_id: is required")
         applied = await self._api.change(
@@ -551,6 +606,7 @@ class _SetService(pb.SetServiceBase):
         return await self._change(message, messages.SetRemoveElements)
 
     async def _change(self, message: pb.SetElementsRequest, kind: Any) -> pb.SetChangeResponse:
+        self._api.local_only("changing set elements")
         if not message.set:
             raise GRPCError(Status.INVALID_ARGUMENT, "set: is required")
         applied = await self._api.change(

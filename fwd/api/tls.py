@@ -29,6 +29,8 @@ WRITE_METHODS = frozenset(
         "/fwd.v1.RuleService/DeleteRule",
         "/fwd.v1.SetService/AddElements",
         "/fwd.v1.SetService/RemoveElements",
+        "/fwd.v1.ClusterService/Label",
+        "/fwd.v1.ClusterService/DeletePolicy",
     }
 )
 

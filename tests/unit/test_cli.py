@@ -312,3 +312,34 @@ async def test_agent_stops_mid_call(tmp_path: Path) -> None:
     [(code, out, err)] = results
     assert (code, out) == (1, "")
     assert err == "fwd: UNAVAILABLE: the agent is shutting down\n"
+
+
+def test_agent_cluster_settings(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    seen: dict[str, Any] = {}
+
+    def run(settings: Settings, *, log_level: str = "info") -> int:
+        seen.update(settings=settings)
+        return 0
+
+    fake = types.ModuleType("fwd.agent")
+    fake.run = run  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fwd.agent", fake)
+    monkeypatch.setattr(fwd, "agent", fake, raising=False)
+    code = main(["agent", "--etcd", "http://198.18.0.1:2379,198.18.0.2:2379", "--node", "edge-1",
+                 "--label", "role=edge", "--label", "zone=a", "--lease-ttl", "5"])  # fmt: skip
+    assert code == 0
+    s = seen["settings"]
+    assert s.cluster and s.etcd_endpoints == ("http://198.18.0.1:2379", "198.18.0.2:2379")
+    assert (s.node_name, s.node_labels, s.lease_ttl, s.etcd_prefix) == (
+        "edge-1", (("role", "edge"), ("zone", "a")), 5, "/fwd/")
+    # Local mode by default; cluster flags without --etcd, bad labels and URLs are usage errors.
+    assert main(["agent"]) == 0 and not seen["settings"].cluster
+    for argv, why in [
+        (["--node", "x"], "need --etcd"),
+        (["--etcd", "http://198.18.0.1:2379", "--label", "role"], "not key=value"),
+        (["--etcd", "https://198.18.0.1:2379"], "only http://HOST:PORT"),
+        (["--etcd", "http://198.18.0.1:2379", "--node", "a/b"], "invalid node name"),
+    ]:
+        seen.clear()
+        assert main(["agent", *argv]) == 2
+        assert why in capsys.readouterr().err and not seen

@@ -9,8 +9,17 @@ __all__ = (
     "ApplyPolicyRequest",
     "ApplyPolicyResponse",
     "AttachMode",
+    "ClusterPolicy",
+    "ClusterServiceBase",
+    "ClusterServiceStub",
+    "ClusterStatusRequest",
+    "ClusterStatusResponse",
+    "ClusterWaitRequest",
+    "ClusterWaitResponse",
     "ConfirmPolicyRequest",
     "ConfirmPolicyResponse",
+    "DeletePolicyRequest",
+    "DeletePolicyResponse",
     "DeleteRuleRequest",
     "Event",
     "EventBatch",
@@ -22,12 +31,16 @@ __all__ = (
     "InterfaceServiceBase",
     "InterfaceServiceStub",
     "InterfaceState",
+    "LabelRequest",
+    "LabelResponse",
     "ListElementsRequest",
     "ListElementsResponse",
     "ListHistoryRequest",
     "ListHistoryResponse",
     "ListInterfacesRequest",
     "ListInterfacesResponse",
+    "ListPoliciesRequest",
+    "ListPoliciesResponse",
     "ListRuleStatsRequest",
     "ListRuleStatsResponse",
     "ListRulesRequest",
@@ -35,7 +48,10 @@ __all__ = (
     "ListSetsRequest",
     "ListSetsResponse",
     "NamedSet",
+    "NodeInterface",
+    "NodeStatus",
     "Policy",
+    "PolicyRef",
     "PolicyServiceBase",
     "PolicyServiceStub",
     "Revision",
@@ -323,6 +339,32 @@ class ApplyPolicyRequest(betterproto2.Message):
     Commit-confirm: unless ConfirmPolicy arrives within this many seconds,
     the agent enforces the previous revision again (as a new revision). The
     deadline survives an agent restart. 0: no confirm needed.
+    Not available in cluster mode (FAILED_PRECONDITION).
+    """
+
+    name: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    Cluster mode only (the agent runs with --etcd; otherwise these must be
+    left unset): the policy is written to etcd under <prefix>policies/<name>
+    and every node whose labels match `selector` enforces it, merged with the
+    other policies selecting it by (priority, name). expect_revision then is
+    the etcd mod revision of that key (0: the key must not exist yet), and
+    the response's revision is the etcd revision of the write (pass it to
+    ClusterService.Wait).
+    1-64 characters: letters, digits, _ . -  ("" means "default").
+    """
+
+    selector: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    A label selector like Kubernetes': "role=edge,zone!=b", "k in (a,b)",
+    "k notin (a,b)", "k", "!k". "" selects every node.
+    """
+
+    priority: "int | None" = betterproto2.field(
+        7, betterproto2.TYPE_INT32, optional=True
+    )
+    """
+    Lower priorities come first in the merge; absent means 100.
     """
 
 
@@ -352,6 +394,128 @@ class ApplyPolicyResponse(betterproto2.Message):
 
 default_message_pool.register_message(
     "fwd.v1", "ApplyPolicyResponse", ApplyPolicyResponse
+)
+
+
+@dataclass(eq=False, repr=False)
+class ClusterPolicy(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["ClusterPolicy"]
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    selector: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    priority: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+
+    mod_revision: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+    """
+    The etcd mod revision of the policy's key (expect_revision for an apply).
+    """
+
+    policy: "Policy | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, optional=True
+    )
+
+
+default_message_pool.register_message("fwd.v1", "ClusterPolicy", ClusterPolicy)
+
+
+@dataclass(eq=False, repr=False)
+class ClusterStatusRequest(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["ClusterStatusRequest"]
+
+    selector: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Only nodes whose labels match ("" = every node).
+    """
+
+
+default_message_pool.register_message(
+    "fwd.v1", "ClusterStatusRequest", ClusterStatusRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ClusterStatusResponse(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name[
+            "ClusterStatusResponse"
+        ]
+
+    revision: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+    """
+    etcd's revision when the status was read.
+    """
+
+    nodes: "list[NodeStatus]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    Ordered by node name.
+    """
+
+
+default_message_pool.register_message(
+    "fwd.v1", "ClusterStatusResponse", ClusterStatusResponse
+)
+
+
+@dataclass(eq=False, repr=False)
+class ClusterWaitRequest(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["ClusterWaitRequest"]
+
+    revision: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+    """
+    The etcd revision to wait for (e.g. ApplyPolicyResponse.revision).
+    """
+
+    selector: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Only nodes whose labels match ("" = every node).
+    """
+
+    timeout_seconds: "float" = betterproto2.field(3, betterproto2.TYPE_DOUBLE)
+    """
+    Give up after this long (0 means 30 s; at most 3600).
+    """
+
+
+default_message_pool.register_message(
+    "fwd.v1", "ClusterWaitRequest", ClusterWaitRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ClusterWaitResponse(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["ClusterWaitResponse"]
+
+    nodes: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    """
+    The live nodes that matched the selector, all synced through revision.
+    """
+
+    silent: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    """
+    Nodes that matched but are silent (their lease expired): not waited for.
+    """
+
+
+default_message_pool.register_message(
+    "fwd.v1", "ClusterWaitResponse", ClusterWaitResponse
 )
 
 
@@ -392,6 +556,46 @@ class ConfirmPolicyResponse(betterproto2.Message):
 
 default_message_pool.register_message(
     "fwd.v1", "ConfirmPolicyResponse", ConfirmPolicyResponse
+)
+
+
+@dataclass(eq=False, repr=False)
+class DeletePolicyRequest(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["DeletePolicyRequest"]
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    expect_revision: "int | None" = betterproto2.field(
+        2, betterproto2.TYPE_UINT64, optional=True
+    )
+    """
+    Delete only if this is the key's mod revision (FAILED_PRECONDITION otherwise).
+    """
+
+
+default_message_pool.register_message(
+    "fwd.v1", "DeletePolicyRequest", DeletePolicyRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class DeletePolicyResponse(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["DeletePolicyResponse"]
+
+    revision: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+    """
+    The etcd revision of the delete.
+    """
+
+
+default_message_pool.register_message(
+    "fwd.v1", "DeletePolicyResponse", DeletePolicyResponse
 )
 
 
@@ -605,6 +809,62 @@ default_message_pool.register_message("fwd.v1", "Interface", Interface)
 
 
 @dataclass(eq=False, repr=False)
+class LabelRequest(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["LabelRequest"]
+
+    node: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    set: "dict[str, str]" = betterproto2.field(
+        2,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
+    )
+    """
+    Labels to set (added or replaced).
+    """
+
+    remove: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    """
+    Label keys to remove (absent ones are ignored).
+    """
+
+
+default_message_pool.register_message("fwd.v1", "LabelRequest", LabelRequest)
+
+
+@dataclass(eq=False, repr=False)
+class LabelResponse(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["LabelResponse"]
+
+    revision: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+    """
+    The etcd revision of the write (0 if nothing changed).
+    """
+
+    labels: "dict[str, str]" = betterproto2.field(
+        2,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
+    )
+    """
+    The node's labels after the change.
+    """
+
+
+default_message_pool.register_message("fwd.v1", "LabelResponse", LabelResponse)
+
+
+@dataclass(eq=False, repr=False)
 class ListElementsRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
@@ -730,6 +990,46 @@ class ListInterfacesResponse(betterproto2.Message):
 
 default_message_pool.register_message(
     "fwd.v1", "ListInterfacesResponse", ListInterfacesResponse
+)
+
+
+@dataclass(eq=False, repr=False)
+class ListPoliciesRequest(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["ListPoliciesRequest"]
+
+    pass
+
+
+default_message_pool.register_message(
+    "fwd.v1", "ListPoliciesRequest", ListPoliciesRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ListPoliciesResponse(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["ListPoliciesResponse"]
+
+    revision: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+    """
+    etcd's revision when the policies were read.
+    """
+
+    policies: "list[ClusterPolicy]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    Ordered by (priority, name): the merge order.
+    """
+
+
+default_message_pool.register_message(
+    "fwd.v1", "ListPoliciesResponse", ListPoliciesResponse
 )
 
 
@@ -883,6 +1183,104 @@ default_message_pool.register_message("fwd.v1", "NamedSet", NamedSet)
 
 
 @dataclass(eq=False, repr=False)
+class NodeInterface(betterproto2.Message):
+    """
+    An interface of a node and how XDP is attached to it.
+    """
+
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["NodeInterface"]
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    mode: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    "native", "generic", "offload", "none".
+    """
+
+
+default_message_pool.register_message("fwd.v1", "NodeInterface", NodeInterface)
+
+
+@dataclass(eq=False, repr=False)
+class NodeStatus(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["NodeStatus"]
+
+    node: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    labels: "dict[str, str]" = betterproto2.field(
+        2,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
+    )
+    """
+    The node's labels (from its labels key; from its status if it has none).
+    """
+
+    live: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    True while the node's lease is alive; false: silent (its status record
+    expired with the lease, or it never reported).
+    """
+
+    synced_revision: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+    """
+    The etcd revision through which the node has seen and applied everything.
+    """
+
+    lag: "int" = betterproto2.field(5, betterproto2.TYPE_UINT64)
+    """
+    Cluster revision - synced_revision (0 for a silent node).
+    """
+
+    policy_hash: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    sha256 of the merged policy's canonical JSON.
+    """
+
+    policies: "list[PolicyRef]" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    The policies the node selected, in merge order.
+    """
+
+    applied_revision: "int" = betterproto2.field(8, betterproto2.TYPE_UINT64)
+    """
+    The node's local revision (GetPolicy on that node without cluster mode).
+    """
+
+    interfaces: "list[NodeInterface]" = betterproto2.field(
+        9, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    last_error: "str" = betterproto2.field(10, betterproto2.TYPE_STRING)
+    """
+    The last error applying or syncing ("" when none).
+    """
+
+    version: "str" = betterproto2.field(11, betterproto2.TYPE_STRING)
+    """
+    The agent's version.
+    """
+
+    updated_unix_ms: "int" = betterproto2.field(12, betterproto2.TYPE_UINT64)
+    """
+    When the status record was written (unix time, milliseconds).
+    """
+
+
+default_message_pool.register_message("fwd.v1", "NodeStatus", NodeStatus)
+
+
+@dataclass(eq=False, repr=False)
 class Policy(betterproto2.Message):
     """
     A whole policy: ordered rules, the first matching rule decides, else
@@ -928,6 +1326,25 @@ class Policy(betterproto2.Message):
 
 
 default_message_pool.register_message("fwd.v1", "Policy", Policy)
+
+
+@dataclass(eq=False, repr=False)
+class PolicyRef(betterproto2.Message):
+    """
+    A policy a node enforces, with the etcd mod revision it enforces.
+    """
+
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return FWD_V1_FWD_PROTO_DESCRIPTOR.message_types_by_name["PolicyRef"]
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    mod_revision: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+
+
+default_message_pool.register_message("fwd.v1", "PolicyRef", PolicyRef)
 
 
 @dataclass(eq=False, repr=False)
@@ -1287,6 +1704,128 @@ class SubscribeRequest(betterproto2.Message):
 
 
 default_message_pool.register_message("fwd.v1", "SubscribeRequest", SubscribeRequest)
+
+
+class ClusterServiceStub(betterproto2_grpclib.ServiceStub):
+    """
+    Cluster mode (fwd agent --etcd ...): policies live in etcd, each with a node
+    selector and a priority; every agent enforces the merge of the policies that
+    select it and reports what it enforces in a status record attached to its
+    lease. Any agent answers these calls (it reads and writes etcd). Without
+    --etcd every call fails with FAILED_PRECONDITION; UNAVAILABLE when etcd
+    cannot be reached.
+    """
+
+    async def status(
+        self,
+        message: "ClusterStatusRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ClusterStatusResponse":
+        """
+        Every node known (a labels key or a live status record), with what it
+        enforces, how far it lags, and whether its lease is alive.
+        """
+
+        return await self._unary_unary(
+            "/fwd.v1.ClusterService/Status",
+            message,
+            ClusterStatusResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def wait(
+        self,
+        message: "ClusterWaitRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ClusterWaitResponse":
+        """
+        Return once every live node whose labels match the selector has synced
+        through `revision`; DEADLINE_EXCEEDED naming the nodes still behind
+        after timeout_seconds.
+        """
+
+        return await self._unary_unary(
+            "/fwd.v1.ClusterService/Wait",
+            message,
+            ClusterWaitResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def label(
+        self,
+        message: "LabelRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "LabelResponse":
+        """
+        Set and remove labels of a node (compare-and-swap on its labels key).
+        """
+
+        return await self._unary_unary(
+            "/fwd.v1.ClusterService/Label",
+            message,
+            LabelResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_policies(
+        self,
+        message: "ListPoliciesRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListPoliciesResponse":
+        """
+        The policies stored in etcd.
+        """
+
+        if message is None:
+            message = ListPoliciesRequest()
+
+        return await self._unary_unary(
+            "/fwd.v1.ClusterService/ListPolicies",
+            message,
+            ListPoliciesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def delete_policy(
+        self,
+        message: "DeletePolicyRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "DeletePolicyResponse":
+        """
+        Remove a policy from etcd; NOT_FOUND if there is none of that name.
+        """
+
+        return await self._unary_unary(
+            "/fwd.v1.ClusterService/DeletePolicy",
+            message,
+            DeletePolicyResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
 
 
 class EventServiceStub(betterproto2_grpclib.ServiceStub):
@@ -1652,8 +2191,136 @@ class StatsServiceStub(betterproto2_grpclib.ServiceStub):
 
 
 FWD_V1_FWD_PROTO_DESCRIPTOR = default_google_proto_descriptor_pool.AddSerializedFile(
-    b'\n\x10fwd/v1/fwd.proto\x12\x06fwd.v1"\xc3\x01\n\x06Policy\x125\n\x0edefault_action\x18\x01 \x01(\x0e2\x0e.fwd.v1.ActionR\rdefaultAction\x12\x17\n\x07dry_run\x18\x02 \x01(\x08R\x06dryRun\x12"\n\x05rules\x18\x03 \x03(\x0b2\x0c.fwd.v1.RuleR\x05rules\x12\x1f\n\x0blog_default\x18\x04 \x01(\x08R\nlogDefault\x12$\n\x04sets\x18\x05 \x03(\x0b2\x10.fwd.v1.NamedSetR\x04sets"_\n\x08NamedSet\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12#\n\x04type\x18\x02 \x01(\x0e2\x0f.fwd.v1.SetTypeR\x04type\x12\x1a\n\x08elements\x18\x03 \x03(\tR\x08elements"\xa1\x04\n\x04Rule\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12&\n\x06action\x18\x02 \x01(\x0e2\x0e.fwd.v1.ActionR\x06action\x12\x1a\n\x08protocol\x18\x03 \x01(\tR\x08protocol\x12\x10\n\x03src\x18\x04 \x03(\tR\x03src\x12\x10\n\x03dst\x18\x05 \x03(\tR\x03dst\x12\x1b\n\tsrc_ports\x18\x06 \x03(\tR\x08srcPorts\x12\x1b\n\tdst_ports\x18\x07 \x03(\tR\x08dstPorts\x12\x1e\n\ninterfaces\x18\x08 \x03(\tR\ninterfaces\x12\x10\n\x03log\x18\t \x01(\x08R\x03log\x12\x14\n\x05audit\x18\n \x01(\x08R\x05audit\x12\x1b\n\ttcp_flags\x18\x0b \x01(\tR\x08tcpFlags\x12 \n\ticmp_type\x18\x0c \x01(\rH\x00R\x08icmpType\x88\x01\x01\x12 \n\ticmp_code\x18\r \x01(\rH\x01R\x08icmpCode\x88\x01\x01\x12\x1f\n\x08fragment\x18\x0e \x01(\x08H\x02R\x08fragment\x88\x01\x01\x12\x17\n\x07src_set\x18\x0f \x01(\tR\x06srcSet\x12\x17\n\x07dst_set\x18\x10 \x01(\tR\x06dstSet\x12 \n\x0csrc_port_set\x18\x11 \x01(\tR\nsrcPortSet\x12 \n\x0cdst_port_set\x18\x12 \x01(\tR\ndstPortSetB\x0c\n\n_icmp_typeB\x0c\n\n_icmp_codeB\x0b\n\t_fragment"\x12\n\x10GetPolicyRequest"W\n\x11GetPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x12&\n\x06policy\x18\x02 \x01(\x0b2\x0e.fwd.v1.PolicyR\x06policy"\xca\x01\n\x12ApplyPolicyRequest\x12&\n\x06policy\x18\x01 \x01(\x0b2\x0e.fwd.v1.PolicyR\x06policy\x12,\n\x0fexpect_revision\x18\x02 \x01(\x04H\x00R\x0eexpectRevision\x88\x01\x01\x12\x14\n\x05force\x18\x03 \x01(\x08R\x05force\x124\n\x16confirm_within_seconds\x18\x04 \x01(\rR\x14confirmWithinSecondsB\x12\n\x10_expect_revision"j\n\x13ApplyPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x127\n\x18confirm_deadline_unix_ms\x18\x02 \x01(\x04R\x15confirmDeadlineUnixMs"D\n\x14ConfirmPolicyRequest\x12\x1f\n\x08revision\x18\x01 \x01(\x04H\x00R\x08revision\x88\x01\x01B\x0b\n\t_revision"3\n\x15ConfirmPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision"\x8b\x01\n\x15RollbackPolicyRequest\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x12,\n\x0fexpect_revision\x18\x02 \x01(\x04H\x00R\x0eexpectRevision\x88\x01\x01\x12\x14\n\x05force\x18\x03 \x01(\x08R\x05forceB\x12\n\x10_expect_revision"4\n\x16RollbackPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision"P\n\x12ListHistoryRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken"m\n\x13ListHistoryResponse\x12.\n\trevisions\x18\x01 \x03(\x0b2\x10.fwd.v1.RevisionR\trevisions\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken"\xb9\x01\n\x08Revision\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x12+\n\x12applied_at_unix_ms\x18\x02 \x01(\x04R\x0fappliedAtUnixMs\x12\x14\n\x05rules\x18\x03 \x01(\rR\x05rules\x125\n\x0edefault_action\x18\x04 \x01(\x0e2\x0e.fwd.v1.ActionR\rdefaultAction\x12\x17\n\x07dry_run\x18\x05 \x01(\x08R\x06dryRun"\x17\n\x15ListInterfacesRequest"K\n\x16ListInterfacesResponse\x121\n\ninterfaces\x18\x01 \x03(\x0b2\x11.fwd.v1.InterfaceR\ninterfaces"\xd7\x01\n\tInterface\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07ifindex\x18\x02 \x01(\rR\x07ifindex\x12&\n\x04mode\x18\x03 \x01(\x0e2\x12.fwd.v1.AttachModeR\x04mode\x12\x17\n\x07prog_id\x18\x04 \x01(\rR\x06progId\x12\x17\n\x07link_id\x18\x05 \x01(\rR\x06linkId\x12,\n\x05state\x18\x06 \x01(\x0e2\x16.fwd.v1.InterfaceStateR\x05state\x12\x14\n\x05error\x18\x07 \x01(\tR\x05error"R\n\x14ListRuleStatsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken"h\n\x15ListRuleStatsResponse\x12\'\n\x05stats\x18\x01 \x03(\x0b2\x11.fwd.v1.RuleStatsR\x05stats\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken"\xd4\x01\n\tRuleStats\x12\x17\n\x07rule_id\x18\x01 \x01(\tR\x06ruleId\x12&\n\x06action\x18\x02 \x01(\x0e2\x0e.fwd.v1.ActionR\x06action\x12\x18\n\x07packets\x18\x03 \x01(\x04R\x07packets\x12\x14\n\x05bytes\x18\x04 \x01(\x04R\x05bytes\x12,\n\x12would_drop_packets\x18\x05 \x01(\x04R\x10wouldDropPackets\x12(\n\x10would_drop_bytes\x18\x06 \x01(\x04R\x0ewouldDropBytes"\x93\x01\n\x10SubscribeRequest\x12(\n\x07actions\x18\x01 \x03(\x0e2\x0e.fwd.v1.ActionR\x07actions\x12\x19\n\x08rule_ids\x18\x02 \x03(\tR\x07ruleIds\x12\x1e\n\ninterfaces\x18\x03 \x03(\tR\ninterfaces\x12\x1a\n\x08prefixes\x18\x04 \x03(\tR\x08prefixes"G\n\nEventBatch\x12%\n\x06events\x18\x01 \x03(\x0b2\r.fwd.v1.EventR\x06events\x12\x12\n\x04lost\x18\x02 \x01(\x04R\x04lost"\xe4\x03\n\x05Event\x12 \n\x0ctime_unix_ns\x18\x01 \x01(\x04R\ntimeUnixNs\x12\x1c\n\tinterface\x18\x02 \x01(\tR\tinterface\x12\x18\n\x07ifindex\x18\x03 \x01(\rR\x07ifindex\x12\x17\n\x07rule_id\x18\x04 \x01(\tR\x06ruleId\x12&\n\x06action\x18\x05 \x01(\x0e2\x0e.fwd.v1.ActionR\x06action\x12\x18\n\x07dropped\x18\x06 \x01(\x08R\x07dropped\x12\x17\n\x07dry_run\x18\x07 \x01(\x08R\x06dryRun\x12\x1d\n\nwould_drop\x18\x08 \x01(\x08R\twouldDrop\x12%\n\x0edefault_action\x18\t \x01(\x08R\rdefaultAction\x12\x1c\n\tmalformed\x18\n \x01(\x08R\tmalformed\x12\x10\n\x03src\x18\x0b \x01(\tR\x03src\x12\x10\n\x03dst\x18\x0c \x01(\tR\x03dst\x12\x19\n\x08src_port\x18\r \x01(\rR\x07srcPort\x12\x19\n\x08dst_port\x18\x0e \x01(\rR\x07dstPort\x12\x1a\n\x08protocol\x18\x0f \x01(\rR\x08protocol\x12\x1b\n\ttcp_flags\x18\x10 \x01(\rR\x08tcpFlags\x12\x16\n\x06length\x18\x11 \x01(\rR\x06length"\xf0\x01\n\x0eAddRuleRequest\x12 \n\x04rule\x18\x01 \x01(\x0b2\x0c.fwd.v1.RuleR\x04rule\x12\x1f\n\x08position\x18\x02 \x01(\rH\x00R\x08position\x88\x01\x01\x12\x1b\n\tbefore_id\x18\x03 \x01(\tR\x08beforeId\x12\x19\n\x08after_id\x18\x04 \x01(\tR\x07afterId\x12,\n\x0fexpect_revision\x18\x05 \x01(\x04H\x01R\x0eexpectRevision\x88\x01\x01\x12\x14\n\x05force\x18\x06 \x01(\x08R\x05forceB\x0b\n\t_positionB\x12\n\x10_expect_revision"\x84\x01\n\x11DeleteRuleRequest\x12\x17\n\x07rule_id\x18\x01 \x01(\tR\x06ruleId\x12,\n\x0fexpect_revision\x18\x02 \x01(\x04H\x00R\x0eexpectRevision\x88\x01\x01\x12\x14\n\x05force\x18\x03 \x01(\x08R\x05forceB\x12\n\x10_expect_revision"0\n\x12RuleChangeResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision"N\n\x10ListRulesRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken"\x91\x01\n\x11ListRulesResponse\x12"\n\x05rules\x18\x01 \x03(\x0b2\x0c.fwd.v1.RuleR\x05rules\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n\x08revision\x18\x03 \x01(\x04R\x08revision\x12\x14\n\x05total\x18\x04 \x01(\x04R\x05total"\x9a\x01\n\x12SetElementsRequest\x12\x10\n\x03set\x18\x01 \x01(\tR\x03set\x12\x1a\n\x08elements\x18\x02 \x03(\tR\x08elements\x12,\n\x0fexpect_revision\x18\x03 \x01(\x04H\x00R\x0eexpectRevision\x88\x01\x01\x12\x14\n\x05force\x18\x04 \x01(\x08R\x05forceB\x12\n\x10_expect_revision"/\n\x11SetChangeResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision"\x11\n\x0fListSetsRequest":\n\x10ListSetsResponse\x12&\n\x04sets\x18\x01 \x03(\x0b2\x12.fwd.v1.SetSummaryR\x04sets"Y\n\nSetSummary\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12#\n\x04type\x18\x02 \x01(\x0e2\x0f.fwd.v1.SetTypeR\x04type\x12\x12\n\x04size\x18\x03 \x01(\x04R\x04size"c\n\x13ListElementsRequest\x12\x10\n\x03set\x18\x01 \x01(\tR\x03set\x12\x1b\n\tpage_size\x18\x02 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken"\x8c\x01\n\x14ListElementsResponse\x12\x1a\n\x08elements\x18\x01 \x03(\tR\x08elements\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n\x08revision\x18\x03 \x01(\x04R\x08revision\x12\x14\n\x05total\x18\x04 \x01(\x04R\x05total*A\n\x06Action\x12\x14\n\x12ACTION_UNSPECIFIED\x12\x10\n\x0cACTION_ALLOW\x10\x01\x12\x0f\n\x0bACTION_DROP\x10\x02*I\n\x07SetType\x12\x16\n\x14SET_TYPE_UNSPECIFIED\x12\x13\n\x0fSET_TYPE_PREFIX\x10\x01\x12\x11\n\rSET_TYPE_PORT\x10\x02*j\n\nAttachMode\x12\x12\n\x10ATTACH_MODE_NONE\x12\x16\n\x12ATTACH_MODE_NATIVE\x10\x01\x12\x17\n\x13ATTACH_MODE_GENERIC\x10\x02\x12\x17\n\x13ATTACH_MODE_OFFLOAD\x10\x03*\x87\x01\n\x0eInterfaceState\x12\x1d\n\x1bINTERFACE_STATE_UNSPECIFIED\x12\x1c\n\x18INTERFACE_STATE_ATTACHED\x10\x01\x12\x1c\n\x18INTERFACE_STATE_EXCLUDED\x10\x02\x12\x1a\n\x16INTERFACE_STATE_FAILED\x10\x032\x80\x03\n\rPolicyService\x12@\n\tGetPolicy\x12\x18.fwd.v1.GetPolicyRequest\x1a\x19.fwd.v1.GetPolicyResponse\x12F\n\x0bApplyPolicy\x12\x1a.fwd.v1.ApplyPolicyRequest\x1a\x1b.fwd.v1.ApplyPolicyResponse\x12L\n\rConfirmPolicy\x12\x1c.fwd.v1.ConfirmPolicyRequest\x1a\x1d.fwd.v1.ConfirmPolicyResponse\x12O\n\x0eRollbackPolicy\x12\x1d.fwd.v1.RollbackPolicyRequest\x1a\x1e.fwd.v1.RollbackPolicyResponse\x12F\n\x0bListHistory\x12\x1a.fwd.v1.ListHistoryRequest\x1a\x1b.fwd.v1.ListHistoryResponse2c\n\x10InterfaceService\x12O\n\x0eListInterfaces\x12\x1d.fwd.v1.ListInterfacesRequest\x1a\x1e.fwd.v1.ListInterfacesResponse2\\\n\x0cStatsService\x12L\n\rListRuleStats\x12\x1c.fwd.v1.ListRuleStatsRequest\x1a\x1d.fwd.v1.ListRuleStatsResponse2K\n\x0cEventService\x12;\n\tSubscribe\x12\x18.fwd.v1.SubscribeRequest\x1a\x12.fwd.v1.EventBatch0\x012\xd3\x01\n\x0bRuleService\x12=\n\x07AddRule\x12\x16.fwd.v1.AddRuleRequest\x1a\x1a.fwd.v1.RuleChangeResponse\x12C\n\nDeleteRule\x12\x19.fwd.v1.DeleteRuleRequest\x1a\x1a.fwd.v1.RuleChangeResponse\x12@\n\tListRules\x12\x18.fwd.v1.ListRulesRequest\x1a\x19.fwd.v1.ListRulesResponse2\xa5\x02\n\nSetService\x12D\n\x0bAddElements\x12\x1a.fwd.v1.SetElementsRequest\x1a\x19.fwd.v1.SetChangeResponse\x12G\n\x0eRemoveElements\x12\x1a.fwd.v1.SetElementsRequest\x1a\x19.fwd.v1.SetChangeResponse\x12=\n\x08ListSets\x12\x17.fwd.v1.ListSetsRequest\x1a\x18.fwd.v1.ListSetsResponse\x12I\n\x0cListElements\x12\x1b.fwd.v1.ListElementsRequest\x1a\x1c.fwd.v1.ListElementsResponseb\x06proto3'
+    b'\n\x10fwd/v1/fwd.proto\x12\x06fwd.v1"\xc3\x01\n\x06Policy\x125\n\x0edefault_action\x18\x01 \x01(\x0e2\x0e.fwd.v1.ActionR\rdefaultAction\x12\x17\n\x07dry_run\x18\x02 \x01(\x08R\x06dryRun\x12"\n\x05rules\x18\x03 \x03(\x0b2\x0c.fwd.v1.RuleR\x05rules\x12\x1f\n\x0blog_default\x18\x04 \x01(\x08R\nlogDefault\x12$\n\x04sets\x18\x05 \x03(\x0b2\x10.fwd.v1.NamedSetR\x04sets"_\n\x08NamedSet\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12#\n\x04type\x18\x02 \x01(\x0e2\x0f.fwd.v1.SetTypeR\x04type\x12\x1a\n\x08elements\x18\x03 \x03(\tR\x08elements"\xa1\x04\n\x04Rule\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12&\n\x06action\x18\x02 \x01(\x0e2\x0e.fwd.v1.ActionR\x06action\x12\x1a\n\x08protocol\x18\x03 \x01(\tR\x08protocol\x12\x10\n\x03src\x18\x04 \x03(\tR\x03src\x12\x10\n\x03dst\x18\x05 \x03(\tR\x03dst\x12\x1b\n\tsrc_ports\x18\x06 \x03(\tR\x08srcPorts\x12\x1b\n\tdst_ports\x18\x07 \x03(\tR\x08dstPorts\x12\x1e\n\ninterfaces\x18\x08 \x03(\tR\ninterfaces\x12\x10\n\x03log\x18\t \x01(\x08R\x03log\x12\x14\n\x05audit\x18\n \x01(\x08R\x05audit\x12\x1b\n\ttcp_flags\x18\x0b \x01(\tR\x08tcpFlags\x12 \n\ticmp_type\x18\x0c \x01(\rH\x00R\x08icmpType\x88\x01\x01\x12 \n\ticmp_code\x18\r \x01(\rH\x01R\x08icmpCode\x88\x01\x01\x12\x1f\n\x08fragment\x18\x0e \x01(\x08H\x02R\x08fragment\x88\x01\x01\x12\x17\n\x07src_set\x18\x0f \x01(\tR\x06srcSet\x12\x17\n\x07dst_set\x18\x10 \x01(\tR\x06dstSet\x12 \n\x0csrc_port_set\x18\x11 \x01(\tR\nsrcPortSet\x12 \n\x0cdst_port_set\x18\x12 \x01(\tR\ndstPortSetB\x0c\n\n_icmp_typeB\x0c\n\n_icmp_codeB\x0b\n\t_fragment"\x12\n\x10GetPolicyRequest"W\n\x11GetPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x12&\n\x06policy\x18\x02 \x01(\x0b2\x0e.fwd.v1.PolicyR\x06policy"\xa8\x02\n\x12ApplyPolicyRequest\x12&\n\x06policy\x18\x01 \x01(\x0b2\x0e.fwd.v1.PolicyR\x06policy\x12,\n\x0fexpect_revision\x18\x02 \x01(\x04H\x00R\x0eexpectRevision\x88\x01\x01\x12\x14\n\x05force\x18\x03 \x01(\x08R\x05force\x124\n\x16confirm_within_seconds\x18\x04 \x01(\rR\x14confirmWithinSeconds\x12\x12\n\x04name\x18\x05 \x01(\tR\x04name\x12\x1a\n\x08selector\x18\x06 \x01(\tR\x08selector\x12\x1f\n\x08priority\x18\x07 \x01(\x05H\x01R\x08priority\x88\x01\x01B\x12\n\x10_expect_revisionB\x0b\n\t_priority"j\n\x13ApplyPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x127\n\x18confirm_deadline_unix_ms\x18\x02 \x01(\x04R\x15confirmDeadlineUnixMs"D\n\x14ConfirmPolicyRequest\x12\x1f\n\x08revision\x18\x01 \x01(\x04H\x00R\x08revision\x88\x01\x01B\x0b\n\t_revision"3\n\x15ConfirmPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision"\x8b\x01\n\x15RollbackPolicyRequest\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x12,\n\x0fexpect_revision\x18\x02 \x01(\x04H\x00R\x0eexpectRevision\x88\x01\x01\x12\x14\n\x05force\x18\x03 \x01(\x08R\x05forceB\x12\n\x10_expect_revision"4\n\x16RollbackPolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision"P\n\x12ListHistoryRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken"m\n\x13ListHistoryResponse\x12.\n\trevisions\x18\x01 \x03(\x0b2\x10.fwd.v1.RevisionR\trevisions\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken"\xb9\x01\n\x08Revision\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x12+\n\x12applied_at_unix_ms\x18\x02 \x01(\x04R\x0fappliedAtUnixMs\x12\x14\n\x05rules\x18\x03 \x01(\rR\x05rules\x125\n\x0edefault_action\x18\x04 \x01(\x0e2\x0e.fwd.v1.ActionR\rdefaultAction\x12\x17\n\x07dry_run\x18\x05 \x01(\x08R\x06dryRun"\x17\n\x15ListInterfacesRequest"K\n\x16ListInterfacesResponse\x121\n\ninterfaces\x18\x01 \x03(\x0b2\x11.fwd.v1.InterfaceR\ninterfaces"\xd7\x01\n\tInterface\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07ifindex\x18\x02 \x01(\rR\x07ifindex\x12&\n\x04mode\x18\x03 \x01(\x0e2\x12.fwd.v1.AttachModeR\x04mode\x12\x17\n\x07prog_id\x18\x04 \x01(\rR\x06progId\x12\x17\n\x07link_id\x18\x05 \x01(\rR\x06linkId\x12,\n\x05state\x18\x06 \x01(\x0e2\x16.fwd.v1.InterfaceStateR\x05state\x12\x14\n\x05error\x18\x07 \x01(\tR\x05error"R\n\x14ListRuleStatsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken"h\n\x15ListRuleStatsResponse\x12\'\n\x05stats\x18\x01 \x03(\x0b2\x11.fwd.v1.RuleStatsR\x05stats\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken"\xd4\x01\n\tRuleStats\x12\x17\n\x07rule_id\x18\x01 \x01(\tR\x06ruleId\x12&\n\x06action\x18\x02 \x01(\x0e2\x0e.fwd.v1.ActionR\x06action\x12\x18\n\x07packets\x18\x03 \x01(\x04R\x07packets\x12\x14\n\x05bytes\x18\x04 \x01(\x04R\x05bytes\x12,\n\x12would_drop_packets\x18\x05 \x01(\x04R\x10wouldDropPackets\x12(\n\x10would_drop_bytes\x18\x06 \x01(\x04R\x0ewouldDropBytes"\x93\x01\n\x10SubscribeRequest\x12(\n\x07actions\x18\x01 \x03(\x0e2\x0e.fwd.v1.ActionR\x07actions\x12\x19\n\x08rule_ids\x18\x02 \x03(\tR\x07ruleIds\x12\x1e\n\ninterfaces\x18\x03 \x03(\tR\ninterfaces\x12\x1a\n\x08prefixes\x18\x04 \x03(\tR\x08prefixes"G\n\nEventBatch\x12%\n\x06events\x18\x01 \x03(\x0b2\r.fwd.v1.EventR\x06events\x12\x12\n\x04lost\x18\x02 \x01(\x04R\x04lost"\xe4\x03\n\x05Event\x12 \n\x0ctime_unix_ns\x18\x01 \x01(\x04R\ntimeUnixNs\x12\x1c\n\tinterface\x18\x02 \x01(\tR\tinterface\x12\x18\n\x07ifindex\x18\x03 \x01(\rR\x07ifindex\x12\x17\n\x07rule_id\x18\x04 \x01(\tR\x06ruleId\x12&\n\x06action\x18\x05 \x01(\x0e2\x0e.fwd.v1.ActionR\x06action\x12\x18\n\x07dropped\x18\x06 \x01(\x08R\x07dropped\x12\x17\n\x07dry_run\x18\x07 \x01(\x08R\x06dryRun\x12\x1d\n\nwould_drop\x18\x08 \x01(\x08R\twouldDrop\x12%\n\x0edefault_action\x18\t \x01(\x08R\rdefaultAction\x12\x1c\n\tmalformed\x18\n \x01(\x08R\tmalformed\x12\x10\n\x03src\x18\x0b \x01(\tR\x03src\x12\x10\n\x03dst\x18\x0c \x01(\tR\x03dst\x12\x19\n\x08src_port\x18\r \x01(\rR\x07srcPort\x12\x19\n\x08dst_port\x18\x0e \x01(\rR\x07dstPort\x12\x1a\n\x08protocol\x18\x0f \x01(\rR\x08protocol\x12\x1b\n\ttcp_flags\x18\x10 \x01(\rR\x08tcpFlags\x12\x16\n\x06length\x18\x11 \x01(\rR\x06length"\xf0\x01\n\x0eAddRuleRequest\x12 \n\x04rule\x18\x01 \x01(\x0b2\x0c.fwd.v1.RuleR\x04rule\x12\x1f\n\x08position\x18\x02 \x01(\rH\x00R\x08position\x88\x01\x01\x12\x1b\n\tbefore_id\x18\x03 \x01(\tR\x08beforeId\x12\x19\n\x08after_id\x18\x04 \x01(\tR\x07afterId\x12,\n\x0fexpect_revision\x18\x05 \x01(\x04H\x01R\x0eexpectRevision\x88\x01\x01\x12\x14\n\x05force\x18\x06 \x01(\x08R\x05forceB\x0b\n\t_positionB\x12\n\x10_expect_revision"\x84\x01\n\x11DeleteRuleRequest\x12\x17\n\x07rule_id\x18\x01 \x01(\tR\x06ruleId\x12,\n\x0fexpect_revision\x18\x02 \x01(\x04H\x00R\x0eexpectRevision\x88\x01\x01\x12\x14\n\x05force\x18\x03 \x01(\x08R\x05forceB\x12\n\x10_expect_revision"0\n\x12RuleChangeResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision"N\n\x10ListRulesRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken"\x91\x01\n\x11ListRulesResponse\x12"\n\x05rules\x18\x01 \x03(\x0b2\x0c.fwd.v1.RuleR\x05rules\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n\x08revision\x18\x03 \x01(\x04R\x08revision\x12\x14\n\x05total\x18\x04 \x01(\x04R\x05total"\x9a\x01\n\x12SetElementsRequest\x12\x10\n\x03set\x18\x01 \x01(\tR\x03set\x12\x1a\n\x08elements\x18\x02 \x03(\tR\x08elements\x12,\n\x0fexpect_revision\x18\x03 \x01(\x04H\x00R\x0eexpectRevision\x88\x01\x01\x12\x14\n\x05force\x18\x04 \x01(\x08R\x05forceB\x12\n\x10_expect_revision"/\n\x11SetChangeResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision"\x11\n\x0fListSetsRequest":\n\x10ListSetsResponse\x12&\n\x04sets\x18\x01 \x03(\x0b2\x12.fwd.v1.SetSummaryR\x04sets"Y\n\nSetSummary\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12#\n\x04type\x18\x02 \x01(\x0e2\x0f.fwd.v1.SetTypeR\x04type\x12\x12\n\x04size\x18\x03 \x01(\x04R\x04size"c\n\x13ListElementsRequest\x12\x10\n\x03set\x18\x01 \x01(\tR\x03set\x12\x1b\n\tpage_size\x18\x02 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken"\x8c\x01\n\x14ListElementsResponse\x12\x1a\n\x08elements\x18\x01 \x03(\tR\x08elements\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n\x08revision\x18\x03 \x01(\x04R\x08revision\x12\x14\n\x05total\x18\x04 \x01(\x04R\x05total"2\n\x14ClusterStatusRequest\x12\x1a\n\x08selector\x18\x01 \x01(\tR\x08selector"]\n\x15ClusterStatusResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x12(\n\x05nodes\x18\x02 \x03(\x0b2\x12.fwd.v1.NodeStatusR\x05nodes"B\n\tPolicyRef\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12!\n\x0cmod_revision\x18\x02 \x01(\x04R\x0bmodRevision"7\n\rNodeInterface\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n\x04mode\x18\x02 \x01(\tR\x04mode"\xf5\x03\n\nNodeStatus\x12\x12\n\x04node\x18\x01 \x01(\tR\x04node\x126\n\x06labels\x18\x02 \x03(\x0b2\x1e.fwd.v1.NodeStatus.LabelsEntryR\x06labels\x12\x12\n\x04live\x18\x03 \x01(\x08R\x04live\x12\'\n\x0fsynced_revision\x18\x04 \x01(\x04R\x0esyncedRevision\x12\x10\n\x03lag\x18\x05 \x01(\x04R\x03lag\x12\x1f\n\x0bpolicy_hash\x18\x06 \x01(\tR\npolicyHash\x12-\n\x08policies\x18\x07 \x03(\x0b2\x11.fwd.v1.PolicyRefR\x08policies\x12)\n\x10applied_revision\x18\x08 \x01(\x04R\x0fappliedRevision\x125\n\ninterfaces\x18\t \x03(\x0b2\x15.fwd.v1.NodeInterfaceR\ninterfaces\x12\x1d\n\nlast_error\x18\n \x01(\tR\tlastError\x12\x18\n\x07version\x18\x0b \x01(\tR\x07version\x12&\n\x0fupdated_unix_ms\x18\x0c \x01(\x04R\rupdatedUnixMs\x1a9\n\x0bLabelsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01"u\n\x12ClusterWaitRequest\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x12\x1a\n\x08selector\x18\x02 \x01(\tR\x08selector\x12\'\n\x0ftimeout_seconds\x18\x03 \x01(\x01R\x0etimeoutSeconds"C\n\x13ClusterWaitResponse\x12\x14\n\x05nodes\x18\x01 \x03(\tR\x05nodes\x12\x16\n\x06silent\x18\x02 \x03(\tR\x06silent"\xa3\x01\n\x0cLabelRequest\x12\x12\n\x04node\x18\x01 \x01(\tR\x04node\x12/\n\x03set\x18\x02 \x03(\x0b2\x1d.fwd.v1.LabelRequest.SetEntryR\x03set\x12\x16\n\x06remove\x18\x03 \x03(\tR\x06remove\x1a6\n\x08SetEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01"\xa1\x01\n\rLabelResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x129\n\x06labels\x18\x02 \x03(\x0b2!.fwd.v1.LabelResponse.LabelsEntryR\x06labels\x1a9\n\x0bLabelsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01"\x15\n\x13ListPoliciesRequest"\xa6\x01\n\rClusterPolicy\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n\x08selector\x18\x02 \x01(\tR\x08selector\x12\x1a\n\x08priority\x18\x03 \x01(\x05R\x08priority\x12!\n\x0cmod_revision\x18\x04 \x01(\x04R\x0bmodRevision\x12&\n\x06policy\x18\x05 \x01(\x0b2\x0e.fwd.v1.PolicyR\x06policy"e\n\x14ListPoliciesResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision\x121\n\x08policies\x18\x02 \x03(\x0b2\x15.fwd.v1.ClusterPolicyR\x08policies"k\n\x13DeletePolicyRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12,\n\x0fexpect_revision\x18\x02 \x01(\x04H\x00R\x0eexpectRevision\x88\x01\x01B\x12\n\x10_expect_revision"2\n\x14DeletePolicyResponse\x12\x1a\n\x08revision\x18\x01 \x01(\x04R\x08revision*A\n\x06Action\x12\x14\n\x12ACTION_UNSPECIFIED\x12\x10\n\x0cACTION_ALLOW\x10\x01\x12\x0f\n\x0bACTION_DROP\x10\x02*I\n\x07SetType\x12\x16\n\x14SET_TYPE_UNSPECIFIED\x12\x13\n\x0fSET_TYPE_PREFIX\x10\x01\x12\x11\n\rSET_TYPE_PORT\x10\x02*j\n\nAttachMode\x12\x12\n\x10ATTACH_MODE_NONE\x12\x16\n\x12ATTACH_MODE_NATIVE\x10\x01\x12\x17\n\x13ATTACH_MODE_GENERIC\x10\x02\x12\x17\n\x13ATTACH_MODE_OFFLOAD\x10\x03*\x87\x01\n\x0eInterfaceState\x12\x1d\n\x1bINTERFACE_STATE_UNSPECIFIED\x12\x1c\n\x18INTERFACE_STATE_ATTACHED\x10\x01\x12\x1c\n\x18INTERFACE_STATE_EXCLUDED\x10\x02\x12\x1a\n\x16INTERFACE_STATE_FAILED\x10\x032\x80\x03\n\rPolicyService\x12@\n\tGetPolicy\x12\x18.fwd.v1.GetPolicyRequest\x1a\x19.fwd.v1.GetPolicyResponse\x12F\n\x0bApplyPolicy\x12\x1a.fwd.v1.ApplyPolicyRequest\x1a\x1b.fwd.v1.ApplyPolicyResponse\x12L\n\rConfirmPolicy\x12\x1c.fwd.v1.ConfirmPolicyRequest\x1a\x1d.fwd.v1.ConfirmPolicyResponse\x12O\n\x0eRollbackPolicy\x12\x1d.fwd.v1.RollbackPolicyRequest\x1a\x1e.fwd.v1.RollbackPolicyResponse\x12F\n\x0bListHistory\x12\x1a.fwd.v1.ListHistoryRequest\x1a\x1b.fwd.v1.ListHistoryResponse2c\n\x10InterfaceService\x12O\n\x0eListInterfaces\x12\x1d.fwd.v1.ListInterfacesRequest\x1a\x1e.fwd.v1.ListInterfacesResponse2\\\n\x0cStatsService\x12L\n\rListRuleStats\x12\x1c.fwd.v1.ListRuleStatsRequest\x1a\x1d.fwd.v1.ListRuleStatsResponse2K\n\x0cEventService\x12;\n\tSubscribe\x12\x18.fwd.v1.SubscribeRequest\x1a\x12.fwd.v1.EventBatch0\x012\xd3\x01\n\x0bRuleService\x12=\n\x07AddRule\x12\x16.fwd.v1.AddRuleRequest\x1a\x1a.fwd.v1.RuleChangeResponse\x12C\n\nDeleteRule\x12\x19.fwd.v1.DeleteRuleRequest\x1a\x1a.fwd.v1.RuleChangeResponse\x12@\n\tListRules\x12\x18.fwd.v1.ListRulesRequest\x1a\x19.fwd.v1.ListRulesResponse2\xa5\x02\n\nSetService\x12D\n\x0bAddElements\x12\x1a.fwd.v1.SetElementsRequest\x1a\x19.fwd.v1.SetChangeResponse\x12G\n\x0eRemoveElements\x12\x1a.fwd.v1.SetElementsRequest\x1a\x19.fwd.v1.SetChangeResponse\x12=\n\x08ListSets\x12\x17.fwd.v1.ListSetsRequest\x1a\x18.fwd.v1.ListSetsResponse\x12I\n\x0cListElements\x12\x1b.fwd.v1.ListElementsRequest\x1a\x1c.fwd.v1.ListElementsResponse2\xe4\x02\n\x0eClusterService\x12E\n\x06Status\x12\x1c.fwd.v1.ClusterStatusRequest\x1a\x1d.fwd.v1.ClusterStatusResponse\x12?\n\x04Wait\x12\x1a.fwd.v1.ClusterWaitRequest\x1a\x1b.fwd.v1.ClusterWaitResponse\x124\n\x05Label\x12\x14.fwd.v1.LabelRequest\x1a\x15.fwd.v1.LabelResponse\x12I\n\x0cListPolicies\x12\x1b.fwd.v1.ListPoliciesRequest\x1a\x1c.fwd.v1.ListPoliciesResponse\x12I\n\x0cDeletePolicy\x12\x1b.fwd.v1.DeletePolicyRequest\x1a\x1c.fwd.v1.DeletePolicyResponseb\x06proto3'
 )
+
+
+class ClusterServiceBase(betterproto2_grpclib.ServiceBase):
+    """
+    Cluster mode (fwd agent --etcd ...): policies live in etcd, each with a node
+    selector and a priority; every agent enforces the merge of the policies that
+    select it and reports what it enforces in a status record attached to its
+    lease. Any agent answers these calls (it reads and writes etcd). Without
+    --etcd every call fails with FAILED_PRECONDITION; UNAVAILABLE when etcd
+    cannot be reached.
+    """
+
+    async def status(self, message: "ClusterStatusRequest") -> "ClusterStatusResponse":
+        """
+        Every node known (a labels key or a live status record), with what it
+        enforces, how far it lags, and whether its lease is alive.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def wait(self, message: "ClusterWaitRequest") -> "ClusterWaitResponse":
+        """
+        Return once every live node whose labels match the selector has synced
+        through `revision`; DEADLINE_EXCEEDED naming the nodes still behind
+        after timeout_seconds.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def label(self, message: "LabelRequest") -> "LabelResponse":
+        """
+        Set and remove labels of a node (compare-and-swap on its labels key).
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_policies(
+        self, message: "ListPoliciesRequest"
+    ) -> "ListPoliciesResponse":
+        """
+        The policies stored in etcd.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def delete_policy(
+        self, message: "DeletePolicyRequest"
+    ) -> "DeletePolicyResponse":
+        """
+        Remove a policy from etcd; NOT_FOUND if there is none of that name.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def __rpc_status(
+        self,
+        stream: "grpclib.server.Stream[ClusterStatusRequest, ClusterStatusResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.status(request)
+        await stream.send_message(response)
+
+    async def __rpc_wait(
+        self, stream: "grpclib.server.Stream[ClusterWaitRequest, ClusterWaitResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.wait(request)
+        await stream.send_message(response)
+
+    async def __rpc_label(
+        self, stream: "grpclib.server.Stream[LabelRequest, LabelResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.label(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_policies(
+        self, stream: "grpclib.server.Stream[ListPoliciesRequest, ListPoliciesResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.list_policies(request)
+        await stream.send_message(response)
+
+    async def __rpc_delete_policy(
+        self, stream: "grpclib.server.Stream[DeletePolicyRequest, DeletePolicyResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.delete_policy(request)
+        await stream.send_message(response)
+
+    def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
+        return {
+            "/fwd.v1.ClusterService/Status": grpclib.const.Handler(
+                self.__rpc_status,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ClusterStatusRequest,
+                ClusterStatusResponse,
+            ),
+            "/fwd.v1.ClusterService/Wait": grpclib.const.Handler(
+                self.__rpc_wait,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ClusterWaitRequest,
+                ClusterWaitResponse,
+            ),
+            "/fwd.v1.ClusterService/Label": grpclib.const.Handler(
+                self.__rpc_label,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                LabelRequest,
+                LabelResponse,
+            ),
+            "/fwd.v1.ClusterService/ListPolicies": grpclib.const.Handler(
+                self.__rpc_list_policies,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListPoliciesRequest,
+                ListPoliciesResponse,
+            ),
+            "/fwd.v1.ClusterService/DeletePolicy": grpclib.const.Handler(
+                self.__rpc_delete_policy,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                DeletePolicyRequest,
+                DeletePolicyResponse,
+            ),
+        }
 
 
 class EventServiceBase(betterproto2_grpclib.ServiceBase):
