@@ -12,7 +12,7 @@ fi
 
 PKGS=(clang llvm libbpf-dev libbpf1 bpftool xdp-tools iproute2 nftables iputils-ping
       python3-venv python3-dev gcc make linux-libc-dev openssl prometheus
-      etcd-server etcd-client)
+      etcd-server etcd-client curl)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

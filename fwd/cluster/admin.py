@@ -30,7 +30,14 @@ from fwd.cluster.layout import (
     encode_labels,
     encode_policy_record,
 )
-from fwd.errors import ClusterUnavailable, FwdError, NotFound, PolicyError, PreconditionFailed
+from fwd.cluster.merge import check_mergeable
+from fwd.errors import (
+    ClusterUnavailable,
+    FwdError,
+    NotFound,
+    PolicyError,
+    PreconditionFailed,
+)
 from fwd.messages import (
     ClusterAdminCommand,
     ClusterPolicyInfo,
@@ -118,6 +125,10 @@ class ClusterAdmin:
     async def put_policy(self, info: ClusterPolicyInfo, expect: int | None) -> int:
         key = self._layout.policy_key(info.name)
         value = encode_policy_record(info.selector, info.priority, info.policy)
+        # Refuse here what every agent would refuse at merge time (ids or set names
+        # too long once prefixed with the policy name): the writer hears why at once,
+        # instead of each node keeping its old policy and reporting last_error.
+        check_mergeable(decode_policy_record(info.name, value))
         result = await self._etcd.put_if(key, value, mod_revision=expect)
         if not result.succeeded:
             raise _stale(info.name, expect or 0, result.current)

@@ -136,6 +136,9 @@ async def test_apply_refuses_bad_requests(tmp_path: Path, etcd_server: EtcdServe
         cases = [
             (pb.ApplyPolicyRequest(policy=proto({}), selector="role in (a"), Status.INVALID_ARGUMENT, "selector"),
             (pb.ApplyPolicyRequest(policy=proto({}), name="no/slash"), Status.INVALID_ARGUMENT, "name"),
+            # Valid alone, too long once merged as "<policy>:<id>" (ids are at most 128).
+            (pb.ApplyPolicyRequest(policy=proto({"rules": [{"id": "r" * 128, "action": "drop"}]}), name="web"),
+             Status.INVALID_ARGUMENT, "rules[0]"),
             (pb.ApplyPolicyRequest(policy=proto({}), confirm_within_seconds=60), Status.FAILED_PRECONDITION, "confirm_within_seconds"),
         ]  # fmt: skip
         for request, status, field in cases:
