@@ -16,14 +16,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from fwd.errors import FwdError
 from fwd.policy.journal import replay
-from fwd.policy.model import Policy, policy_from_dict, policy_to_dict
+from fwd.policy.model import Policy, policy_from_dict, policy_to_dict, rule_to_dict
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS revisions (
@@ -38,6 +38,22 @@ CREATE TABLE IF NOT EXISTS changes (
     change TEXT NOT NULL
 );
 """
+
+
+_encode = json.JSONEncoder().encode
+
+
+def policy_json(policy: Policy) -> str:
+    """``json.dumps(policy_to_dict(policy))``, one rule at a time.
+
+    The plain-data form of 100,000 rules is ~100 MB of short-lived dicts and
+    lists; made whole, it stays in the agent's RSS as fragmentation long after
+    it is freed. Encoding each rule on its own keeps the transient to one rule.
+    """
+    head = policy_to_dict(replace(policy, rules=()))
+    del head["rules"]
+    rules = ", ".join(_encode(rule_to_dict(r)) for r in policy.rules)
+    return f'{_encode(head)[:-1]}, "rules": [{rules}]}}'
 
 
 class StoreError(FwdError):
@@ -147,7 +163,7 @@ class SqliteStore:
         with self._db:
             self._db.execute(
                 "INSERT INTO revisions (revision, applied_at, policy, slots) VALUES (?, ?, ?, ?)",
-                (revision, time.time(), json.dumps(policy_to_dict(policy)), json.dumps(slots)),
+                (revision, time.time(), policy_json(policy), json.dumps(slots)),
             )
             # Journal records before it stay: they are the history of the
             # revisions between snapshots (fwd policy history / rollback).
