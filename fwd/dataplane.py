@@ -105,22 +105,18 @@ class Dataplane:
     def _write_entries(self, changes: Sequence[Change], live: int, new: int) -> None:
         if not changes:
             return
-        keys, values = [], []
-        for key, before, after in changes:
-            halves = [before or ABSENT, before or ABSENT]
-            halves[new] = after or ABSENT
-            keys.append(key)
-            values.append(halves[0] + halves[1])
-        self._rules.update_batch(b"".join(keys), b"".join(values), len(keys))
+        # v[live] keeps the verdict before, v[new] gets the one after.
+        if new == 1:
+            values = [(b or ABSENT) + (a or ABSENT) for _, b, a in changes]
+        else:
+            values = [(a or ABSENT) + (b or ABSENT) for _, b, a in changes]
+        keys = b"".join([key for key, _, _ in changes])
+        self._rules.update_batch(keys, b"".join(values), len(values))
 
     def _settle(self, changes: Sequence[Change]) -> None:
-        keys, values, gone = [], [], []
-        for key, _, after in changes:
-            if after is None:
-                gone.append(key)
-            else:
-                keys.append(key)
-                values.append(after + after)
+        keys = [key for key, _, after in changes if after is not None]
+        values = [after + after for _, _, after in changes if after is not None]
+        gone = [key for key, _, after in changes if after is None]
         if keys:
             self._rules.update_batch(b"".join(keys), b"".join(values), len(keys))
         if gone:

@@ -324,6 +324,7 @@ def build(
     # shadowed) and nothing is ever taken over.
     entries, shadow, owned, verdicts = c.entries, c._shadow, c._owned, c.verdicts
     tids: dict[Sig, int] = {}
+    pack = KEY.pack
     last = -1
     for rule, prio in zip(policy.rules, prios, strict=True):
         if prio <= last:
@@ -338,7 +339,7 @@ def build(
             tid = tids.get(sig)
             if tid is None:
                 tid = tids[sig] = c._tid(sig)
-            key = _pack_key(tid, val)
+            key = pack(tid, *val, 0)  # _pack_key, inlined
             if key in entries:
                 shadow.setdefault(key, []).append(prio)  # sorted: prios grow
                 continue
@@ -346,7 +347,7 @@ def build(
             counts = owned.get(sig)
             if counts is None:
                 counts = owned[sig] = Counter()
-            counts[prio] += 1
+            counts[prio] = counts.get(prio, 0) + 1  # no Counter.__missing__ call
         if len(entries) > max_entries:
             raise CapacityError(
                 f"rule {rule.id!r}: the policy needs more than {max_entries} map entries"
