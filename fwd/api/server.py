@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import betterproto2
+import grpclib.const
 import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -34,7 +35,7 @@ from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server
 
 from fwd import messages
-from fwd.api import convert, tls, wire
+from fwd.api import convert, policystream, tls, wire
 from fwd.api.fastwire import EncodedEventBatch, encode_batch, encode_event
 from fwd.api.gen.fwd import v1 as pb
 from fwd.api.gen.google_proto_descriptor_pool import (
@@ -332,7 +333,10 @@ class Api:
         return await self.ask(self._datapath, lambda r: messages.GetPolicy(reply=r), "datapath")
 
     async def apply_policy(
-        self, policy: pb.Policy | None, expect_revision: int | None, force: bool = False
+        self,
+        policy: pb.Policy | policystream.StreamedPolicy | None,
+        expect_revision: int | None,
+        force: bool = False,
     ) -> messages.Applied:
         """Validate ``policy`` (INVALID_ARGUMENT names the field), check it cannot lock out
         management access (FAILED_PRECONDITION unless ``force``), and have it enforced."""
@@ -387,13 +391,22 @@ class _PolicyService(pb.PolicyServiceBase):
     def __init__(self, api: Api) -> None:
         self._api = api
 
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        # ApplyPolicy's request is decoded rule by rule (fwd/api/policystream.py).
+        mapping = super().__mapping__()
+        name = "/fwd.v1.PolicyService/ApplyPolicy"
+        mapping[name] = mapping[name]._replace(request_type=policystream.ApplyPolicyRequest)
+        return mapping
+
     async def get_policy(self, message: pb.GetPolicyRequest) -> pb.GetPolicyResponse:
         applied = await self._api.get_policy()
         return pb.GetPolicyResponse(
             revision=applied.revision, policy=convert.policy_to_proto(applied.policy)
         )
 
-    async def apply_policy(self, message: pb.ApplyPolicyRequest) -> pb.ApplyPolicyResponse:
+    async def apply_policy(  # the streamed request type (see __mapping__)
+        self, message: pb.ApplyPolicyRequest | policystream.ApplyPolicyRequest
+    ) -> pb.ApplyPolicyResponse:
         if message.confirm_within_seconds > MAX_CONFIRM_SECONDS:
             raise GRPCError(
                 Status.INVALID_ARGUMENT,

@@ -6,11 +6,12 @@ raises is a PolicyError naming the field (``rules[2].dst_ports[0]``).
 
 from __future__ import annotations
 
+import abc
 import enum
 import fnmatch
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,7 @@ __all__ = [
     "PROTOCOLS", "PROTOCOL_NAMES", "PORT_PROTOCOLS", "ICMP_PROTOCOLS", "IPNetwork", "PortRange",
     "TcpFlags", "NamedSet", "SetType", "parse_cidr", "parse_ports", "parse_protocol",
     "Action", "Rule", "Policy", "EMPTY_POLICY", "policy_from_dict", "policy_to_dict",
-    "rule_from_dict", "rule_to_dict", "check_rule_sets",
+    "rule_from_dict", "rule_to_dict", "check_rule_sets", "RuleSource",
 ]  # fmt: skip
 
 MAX_RULES = 131072 - 16  # counter slots minus the reserved ones (bpf/fwd.h)
@@ -108,6 +109,18 @@ class Policy:
 
 
 EMPTY_POLICY = Policy()
+
+
+class RuleSource(abc.ABC):
+    """A policy's ``rules`` produced one at a time (each a plain-data rule), accepted by
+    ``policy_from_dict`` like a list: a large request is validated as it is decoded
+    (fwd.api.policystream) instead of first becoming a list of 100,000 dicts."""
+
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
+
+    @abc.abstractmethod
+    def __iter__(self) -> Iterator[Any]: ...
 
 
 # --- parsing -------------------------------------------------------------
@@ -290,7 +303,7 @@ def policy_from_dict(raw: Any) -> Policy:
     raw_rules = raw.get("rules")
     if raw_rules is None:  # "rules:" with nothing after it, or left out
         raw_rules = []
-    if not isinstance(raw_rules, list):
+    if not isinstance(raw_rules, (list, RuleSource)):
         raise PolicyError("rules", f"must be a list, not {type(raw_rules).__name__}")
     if len(raw_rules) > MAX_RULES:
         raise PolicyError("rules", f"{len(raw_rules)} rules exceed the limit of {MAX_RULES}")
