@@ -228,7 +228,6 @@ class Datapath:
             log.warning("reply_dropped", command=type(command).__name__)
         finally:
             command.reply.close()
-        del command, reply  # the request's policy is garbage now: let release() free it
         await self._release_heap()
 
     async def _release_heap(self) -> None:
