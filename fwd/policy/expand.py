@@ -77,10 +77,11 @@ def _merge_ranges(ranges: Sequence[PortRange]) -> list[tuple[int, int]]:
     return [(lo, hi) for lo, hi in merged]
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1024)
 def _range_blocks(first: int, last: int) -> tuple[tuple[int, int], ...]:
     """(mask, value) blocks of one range; cached: policies repeat their ranges, and
-    splitting one was half the cost of expanding a rule with a port range."""
+    splitting one was half the cost of expanding a rule with a port range. Small:
+    an entry is up to ~2 KB (a range splits into up to 30 blocks)."""
     return tuple((mask, value) for value, mask in port_blocks(first, last))
 
 
