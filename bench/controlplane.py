@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fwd import heap  # noqa: E402
 from fwd.bpf.objects import BpfObject  # noqa: E402
 from fwd.bpf.sync import RcuBarrier  # noqa: E402
 from fwd.dataplane import Dataplane  # noqa: E402
@@ -75,15 +76,19 @@ class Bench:
         self.engine = Engine()
         self.store = SqliteStore(store_dir)
 
-    def run(self, pending: Pending, persist: bool = False) -> None:
+    def run(self, pending: Pending, persist: bool = False) -> tuple[float, float]:
+        """Persist and commit like the Datapath does; returns (save s, commit s)."""
+        t0 = time.perf_counter()
         if persist:
             if pending.change is not None:
                 self.store.save_change(pending.commit.revision, pending.change)
             else:
                 assert pending.slots is not None
                 self.store.save(pending.commit.revision, pending.policy, dict(pending.slots))
+        t1 = time.perf_counter()
         self.dp.commit(pending.commit)
         pending.finish()
+        return t1 - t0, time.perf_counter() - t1
 
     def ns(self, frame: bytes) -> float:
         return min(self.prog.test_run(frame, repeat=REPEAT, data_out_size=0).duration_ns
@@ -102,18 +107,24 @@ def main() -> None:
         obj.load()
         b = Bench(obj, d)
         print(f"empty policy: {b.ns(miss):.0f} ns/packet")
-        print("rules   shape    tuples  miss ns  hit ns  compile+apply s")
+        print("rules   shape    tuples  miss ns  hit ns  compile+apply s (compile, save, commit)")
         for shape in (uniform, mixed):
             for n in sizes:
                 policy = Policy(rules=shape(n))
                 t0 = time.perf_counter()
-                b.run(b.engine.apply(policy), persist=True)
+                pending = b.engine.apply(policy)
+                compiled = time.perf_counter() - t0
+                saved, committed = b.run(pending, persist=True)
                 took = time.perf_counter() - t0
                 print(f"{n:>7} {shape.__name__:8} {b.engine.classifier.tuple_count():>6} "
-                      f"{b.ns(miss):>8.0f} {b.ns(hit):>7.0f} {took:>10.2f}")  # fmt: skip
+                      f"{b.ns(miss):>8.0f} {b.ns(hit):>7.0f} {took:>10.2f} "
+                      f"({compiled:.2f}, {saved:.2f}, {committed:.2f})")  # fmt: skip
         n = sizes[-1]
+        del policy, pending
         b.run(b.engine.apply(Policy(rules=uniform(n))), persist=True)
-        print(f"RSS with {n} rules applied: {rss_mb():.0f} MB (the whole bench process)")
+        heap.release()  # as the agent's Datapath does after a large apply
+        print(f"RSS with {n} rules applied: {rss_mb():.0f} MB (the whole bench process; "
+              "the agent's own: bench/agent_rss.py)")
         times = []
         for i in range(20):
             rule = Rule(f"add{i}", Action.DROP, 6, dst_ports=(PortRange(9000 + i, 9000 + i),))

@@ -16,14 +16,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from fwd.errors import FwdError
 from fwd.policy.journal import replay
-from fwd.policy.model import Policy, policy_from_dict, policy_to_dict
+from fwd.policy.model import Policy, policy_from_dict, policy_to_dict, rule_to_dict
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS revisions (
@@ -38,6 +38,22 @@ CREATE TABLE IF NOT EXISTS changes (
     change TEXT NOT NULL
 );
 """
+
+
+_encode = json.JSONEncoder().encode
+
+
+def policy_json(policy: Policy) -> str:
+    """``json.dumps(policy_to_dict(policy))``, one rule at a time.
+
+    The plain-data form of 100,000 rules is ~100 MB of short-lived dicts and
+    lists; made whole, it stays in the agent's RSS as fragmentation long after
+    it is freed. Encoding each rule on its own keeps the transient to one rule.
+    """
+    head = policy_to_dict(replace(policy, rules=()))
+    del head["rules"]
+    rules = ", ".join(_encode(rule_to_dict(r)) for r in policy.rules)
+    return f'{_encode(head)[:-1]}, "rules": [{rules}]}}'
 
 
 class StoreError(FwdError):
@@ -75,7 +91,11 @@ class SqliteStore:
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
             # check_same_thread=False: the Datapath calls from worker threads,
             # one call at a time (it is the only user).
-            self._db = sqlite3.connect(path / "fwd.db", check_same_thread=False)
+            # cached_statements=0: a cached INSERT keeps its last bound values (sqlite3_reset
+            # does not clear bindings): ~12 MB for the snapshot of 100,000 rules.
+            self._db = sqlite3.connect(
+                path / "fwd.db", check_same_thread=False, cached_statements=0
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
@@ -147,7 +167,7 @@ class SqliteStore:
         with self._db:
             self._db.execute(
                 "INSERT INTO revisions (revision, applied_at, policy, slots) VALUES (?, ?, ?, ?)",
-                (revision, time.time(), json.dumps(policy_to_dict(policy)), json.dumps(slots)),
+                (revision, time.time(), policy_json(policy), json.dumps(slots)),
             )
             # Journal records before it stay: they are the history of the
             # revisions between snapshots (fwd policy history / rollback).

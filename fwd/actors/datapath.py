@@ -20,6 +20,7 @@ import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from fwd import heap
 from fwd.bpf import abi
 from fwd.dataplane import Dataplane
 from fwd.errors import FwdError, PolicyError, RevisionMismatch
@@ -62,6 +63,9 @@ RESERVED_SLOTS = {
     abi.SLOT_NON_IP: "(non-ip)",
 }
 MAX_PAGE = 10_000
+# A whole-policy change involving this many rules frees enough memory to be
+# worth handing back to the kernel (fwd/heap.py) once the reply is sent.
+RELEASE_AFTER_RULES = 1_000
 
 
 @dataclass
@@ -116,6 +120,7 @@ class Datapath:
         # lock keeps them one at a time. The work runs in a worker thread so
         # compiling a large policy never stalls the event loop.
         self._lock = anyio.Lock()
+        self._release_due = False  # set by a large whole-policy change
 
     def _enforceable(self, policy: Policy) -> Policy:
         if self._force_dry_run and not policy.dry_run:
@@ -141,6 +146,7 @@ class Datapath:
             log.info("policy_restored", revision=stored.revision, rules=len(stored.policy.rules))
         else:
             await self._change(lambda: e.apply(EMPTY_POLICY, 0, {}))
+        await self._release_heap()
         task_status.started()
         async with anyio.create_task_group() as tg, commands, links:
             tg.start_soon(self._follow_links, links)
@@ -164,6 +170,7 @@ class Datapath:
                     self._stats.recompiles += 1
             except FwdError as e:
                 log.error("recompile_failed", revision=self._engine.revision, error=str(e))
+            await self._release_heap()
 
     async def _handle(self, command: DatapathCommand) -> None:
         reply: Any
@@ -221,6 +228,13 @@ class Datapath:
             log.warning("reply_dropped", command=type(command).__name__)
         finally:
             command.reply.close()
+        await self._release_heap()
+
+    async def _release_heap(self) -> None:
+        """After a large whole-policy change, return the freed memory (off the loop)."""
+        if self._release_due:
+            self._release_due = False
+            await anyio.to_thread.run_sync(heap.release)
 
     async def _apply_revision(self, cmd: ApplyRevision) -> Reply[Applied]:
         """A rollback: the stored policy of ``cmd.revision`` becomes a new revision."""
@@ -311,9 +325,12 @@ class Datapath:
     def _change_sync(
         self, prepare: Callable[[], Pending | None], persist: bool, force: bool
     ) -> bool:
+        before = len(self._engine.policy.rules)
         pending = prepare()
         if pending is None:
             return False
+        if pending.change is None and max(before, len(pending.policy.rules)) >= RELEASE_AFTER_RULES:
+            self._release_due = True
         revision = pending.commit.revision
         try:
             if self._guard is not None and not force:

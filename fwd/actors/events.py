@@ -144,6 +144,7 @@ class Events:
     async def _follow_names(self, slot_names: MemoryObjectReceiveStream[SlotNames]) -> None:
         async for msg in slot_names:
             self._decoder = Decoder(dict(msg.names))
+            del msg  # 100,000 (slot, id) pairs: not kept alive while waiting for the next
 
     def _subscribe(self, cmd: Subscribe) -> None:
         send, receive = anyio.create_memory_object_stream[EventBatch](max(1, cmd.buffer))

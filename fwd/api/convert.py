@@ -8,13 +8,16 @@ are the same whichever way a policy arrives.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fwd import messages
 from fwd.events import DropEvent
 from fwd.api.gen.fwd import v1 as pb
 from fwd.errors import PolicyError
 from fwd.policy import model
+
+if TYPE_CHECKING:
+    from fwd.api.policystream import StreamedPolicy
 
 # Proto action -> YAML spelling. UNSPECIFIED is absent on purpose: it means
 # "allow" for default_action and "missing" for a rule (see below).
@@ -88,14 +91,16 @@ def _sets_to_dict(sets: list[pb.NamedSet]) -> dict[str, Any]:
     return out
 
 
-def proto_policy_to_dict(policy: pb.Policy | None) -> dict[str, Any]:
+def proto_policy_to_dict(policy: pb.Policy | StreamedPolicy | None) -> dict[str, Any]:
     """A proto Policy in the YAML shape (absent means the empty policy)."""
     if policy is None:
         return {}
     raw: dict[str, Any] = {"dry_run": policy.dry_run}
     if policy.default_action != pb.Action.UNSPECIFIED:
         raw["default_action"] = _action_value(policy.default_action)
-    raw["rules"] = [rule_to_dict(r) for r in policy.rules]
+    rules = policy.rules
+    # A streamed request's rules are decoded as the validator takes them.
+    raw["rules"] = rules if isinstance(rules, model.RuleSource) else [rule_to_dict(r) for r in rules]
     if policy.log_default:
         raw["log_default"] = True
     if policy.sets:
@@ -103,7 +108,7 @@ def proto_policy_to_dict(policy: pb.Policy | None) -> dict[str, Any]:
     return raw
 
 
-def policy_from_proto(policy: pb.Policy | None) -> model.Policy:
+def policy_from_proto(policy: pb.Policy | StreamedPolicy | None) -> model.Policy:
     """Validate a proto Policy; raises PolicyError naming the field."""
     return model.policy_from_dict(proto_policy_to_dict(policy))
 

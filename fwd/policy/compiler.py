@@ -181,7 +181,9 @@ class Classifier:
             return
         self._touch(key)
         self.entries[key] = prio
-        owned = self._owned.setdefault(sig, Counter())
+        owned = self._owned.get(sig)
+        if owned is None:
+            owned = self._owned[sig] = Counter()
         owned[prio] += 1
         if cur is not None:  # prio takes the entry over from a later rule
             bisect.insort(self._shadow.setdefault(key, []), cur)
@@ -317,13 +319,36 @@ def build(
     """A classifier holding every rule of ``policy`` (a successor of ``previous``)."""
     c = Classifier(max_tuples=max_tuples, max_entries=max_entries, previous=previous)
     c._track = False
+    # The same result as ``c._add`` for every pair, faster: priorities only grow
+    # here, so an existing key is always owned by an earlier rule (this one is
+    # shadowed) and nothing is ever taken over.
+    entries, shadow, owned, verdicts = c.entries, c._shadow, c._owned, c.verdicts
+    tids: dict[Sig, int] = {}
+    pack = KEY.pack
+    last = -1
     for rule, prio in zip(policy.rules, prios, strict=True):
+        if prio <= last:
+            raise ValueError(f"priorities must increase: {prio} after {last}")
+        last = prio
         pairs = expand(rule, ctx, max_entries)
-        c.verdicts[prio] = verdict(rule, prio, slots[rule.id])
-        c._refs.update(set_refs(rule, ctx))
+        verdicts[prio] = verdict(rule, prio, slots[rule.id])
+        refs = set_refs(rule, ctx)
+        if refs:
+            c._refs.update(refs)
         for sig, val in pairs:
-            c._add(sig, val, prio)
-        if len(c.entries) > max_entries:
+            tid = tids.get(sig)
+            if tid is None:
+                tid = tids[sig] = c._tid(sig)
+            key = pack(tid, *val, 0)  # _pack_key, inlined
+            if key in entries:
+                shadow.setdefault(key, []).append(prio)  # sorted: prios grow
+                continue
+            entries[key] = prio
+            counts = owned.get(sig)
+            if counts is None:
+                counts = owned[sig] = Counter()
+            counts[prio] = counts.get(prio, 0) + 1  # no Counter.__missing__ call
+        if len(entries) > max_entries:
             raise CapacityError(
                 f"rule {rule.id!r}: the policy needs more than {max_entries} map entries"
             )

@@ -11,6 +11,7 @@ masked key without its tuple id.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from collections.abc import Mapping, Sequence
@@ -76,14 +77,21 @@ def _merge_ranges(ranges: Sequence[PortRange]) -> list[tuple[int, int]]:
     return [(lo, hi) for lo, hi in merged]
 
 
+@functools.lru_cache(maxsize=1024)
+def _range_blocks(first: int, last: int) -> tuple[tuple[int, int], ...]:
+    """(mask, value) blocks of one range; cached: policies repeat their ranges, and
+    splitting one was half the cost of expanding a rule with a port range. Small:
+    an entry is up to ~2 KB (a range splits into up to 30 blocks)."""
+    return tuple((mask, value) for value, mask in port_blocks(first, last))
+
+
 def _ports(ranges: Sequence[PortRange]) -> list[tuple[int, int]]:
     if len(ranges) == 1:
         r = ranges[0]
         if r.first == r.last:
             return [(0xFFFF, r.first)]
-    return [
-        (mask, value) for lo, hi in _merge_ranges(ranges) for value, mask in port_blocks(lo, hi)
-    ]
+        return list(_range_blocks(r.first, r.last))
+    return [block for lo, hi in _merge_ranges(ranges) for block in _range_blocks(lo, hi)]
 
 
 def _port_field(

@@ -27,7 +27,7 @@ TCP_FLAGS: dict[str, int] = {
 _DIGITS_RE = re.compile(r"^[0-9]{1,10}$")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class PortRange:
     """An inclusive port range; a single port has first == last."""
 
@@ -41,7 +41,7 @@ class PortRange:
         return isinstance(port, int) and self.first <= port <= self.last
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TcpFlags:
     """TCP flags a packet must have set (``value``) and clear (``mask & ~value``)."""
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from fwd.policy.model import policy_from_dict, rule_to_dict
-from fwd.store import MemoryStore, SqliteStore, Store
+from fwd.policy.model import policy_from_dict, policy_to_dict, rule_to_dict
+from fwd.store import MemoryStore, SqliteStore, Store, policy_json
 
 P1 = policy_from_dict({
     "sets": {"bl": {"type": "prefix", "elements": ["198.51.100.0/24"]}},
@@ -51,3 +52,21 @@ def test_a_snapshot_after_journal_records_keeps_their_history(tmp_path: Path) ->
     old = reopened.get(2)
     assert old is not None and [r.id for r in old.policy.rules] == ["b", "a"]
     assert reopened.history(0, 10)[1] == 5
+
+
+@pytest.mark.parametrize("raw", [
+    {},
+    {"default_action": "drop", "dry_run": True, "log_default": True,
+     "sets": {"bl": {"type": "prefix", "elements": ["198.51.100.0/24", "2001:db8::/32"]},
+              "web": {"type": "port", "elements": [80, "8000-8080"]}},
+     "rules": [{"id": "a", "action": "drop", "src_set": "bl"},
+               {"id": "b", "action": "allow", "protocol": "tcp", "src": ["198.18.0.0/15"],
+                "dst": ["198.18.0.1"], "dst_port_set": "web", "tcp_flags": "syn,!ack",
+                "interfaces": ["eth*"], "log": True, "audit": True, "fragment": False},
+               {"id": "c", "action": "drop", "protocol": "icmpv6", "icmp_type": 128,
+                "icmp_code": 0, "src": ["2001:2::/48"]}]},
+])  # fmt: skip
+def test_policy_json_is_the_json_of_the_plain_data(raw: dict[str, object]) -> None:
+    """The snapshot text is encoded rule by rule; it must decode to policy_to_dict's form."""
+    policy = policy_from_dict(raw)
+    assert json.loads(policy_json(policy)) == policy_to_dict(policy)
