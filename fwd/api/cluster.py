@@ -25,6 +25,7 @@ from fwd.cluster.overview import WaitState, wait_state
 from fwd.errors import PolicyError
 
 if TYPE_CHECKING:
+    from fwd.api.policystream import ApplyPolicyRequest as StreamedRequest
     from fwd.api.server import Api
 
 DEFAULT_POLICY_NAME = "default"
@@ -49,7 +50,7 @@ def selector_of(text: str) -> Selector:
         raise _invalid(e) from None
 
 
-def refuse_cluster_fields(message: pb.ApplyPolicyRequest) -> None:
+def refuse_cluster_fields(message: pb.ApplyPolicyRequest | StreamedRequest) -> None:
     """Local mode: a request naming a cluster policy is a mistake, not something to ignore."""
     given = [f for f in POLICY_FIELDS_CLUSTER_ONLY if getattr(message, f) not in ("", None)]
     if given:
@@ -59,7 +60,9 @@ def refuse_cluster_fields(message: pb.ApplyPolicyRequest) -> None:
         )
 
 
-async def apply_policy(api: Api, message: pb.ApplyPolicyRequest) -> pb.ApplyPolicyResponse:
+async def apply_policy(
+    api: Api, message: pb.ApplyPolicyRequest | StreamedRequest
+) -> pb.ApplyPolicyResponse:
     """Write the policy to etcd (compare-and-swap when expect_revision is given)."""
     if message.confirm_within_seconds:
         raise GRPCError(
