@@ -35,6 +35,7 @@ from fwd.actors.events import Events
 from fwd.actors.links import Links
 from fwd.api.metrics import GrpcMetrics
 from fwd.api.server import Api
+from fwd.bpf import pins
 from fwd.bpf.objects import BpfObject
 from fwd.bpf.objpath import default_object_path
 from fwd.bpf.ringbuf import RingBuffer, kernel_event_stats
@@ -42,6 +43,7 @@ from fwd.bpf.sync import RcuBarrier
 from fwd.dataplane import Dataplane
 from fwd.errors import FwdError
 from fwd.messages import (
+    Adoption,
     ConfirmCommand,
     DatapathCommand,
     EventsCommand,
@@ -103,8 +105,13 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
     """Run every actor until cancelled; raises if one of them fails."""
     bpffs = Path(settings.bpffs_dir)
     with BpfObject.open(obj_path or default_object_path()) as obj:
+        reuse = pins.reuse_pinned(obj, bpffs)
+        for note in reuse.notes:
+            log.warning("pinned_map_not_reused", reason=note)
         obj.load()
         prog = obj.program(PROGRAM)
+        pins.pin_object(obj, prog, bpffs, reuse)
+        log.info("maps_pinned", reused=list(reuse.reused), created=list(reuse.created))
         maps = obj.maps()
         ncpus = next(iter(maps.values())).ncpus
         store = SqliteStore(settings.state_dir)
@@ -119,6 +126,7 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
                 names=names_tx,
                 guard=lockout_guard(settings),
                 force_dry_run=settings.force_dry_run,
+                adoption=Adoption(reuse.reused, reuse.created, reuse.notes),
             )
             links = Links(
                 prog_fd=prog.fd,

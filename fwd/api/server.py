@@ -385,7 +385,9 @@ class _PolicyService(pb.PolicyServiceBase):
     async def get_policy(self, message: pb.GetPolicyRequest) -> pb.GetPolicyResponse:
         applied = await self._api.get_policy()
         return pb.GetPolicyResponse(
-            revision=applied.revision, policy=convert.policy_to_proto(applied.policy)
+            revision=applied.revision,
+            policy=convert.policy_to_proto(applied.policy),
+            adoption=convert.adoption_to_proto(applied.adoption),
         )
 
     async def apply_policy(self, message: pb.ApplyPolicyRequest) -> pb.ApplyPolicyResponse:
