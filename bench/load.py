@@ -27,10 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import anyio  # noqa: E402
+import anyio
 
-from tests.e2e.loadgen import LoadLab, LoadReport, final_state, rss_kib, run_load  # noqa: E402
-from tests.netns import BPFFS, Netns  # noqa: E402
+from tests.e2e.loadgen import LoadLab, LoadReport, final_state, rss_kib, run_load
+from tests.netns import BPFFS, Netns
 
 WARMUP = 10.0
 SAMPLE = 5.0
@@ -86,9 +86,9 @@ def main() -> int:
             bound = warm * 1.10 + 10 * 1024
             print(report.summary())
             print(f"flood sent {flood}; history holds {len(history)} revisions, final {revision}")
-            print("agent RSS (MiB): start {:.1f}, after {:.0f} s warm-up {:.1f}, end {:.1f}, "
-                  "peak {:.1f}".format(rss_start / 1024, WARMUP, warm / 1024, end / 1024,
-                                       max(k for _, k in samples) / 1024))  # fmt: skip
+            peak = max(k for _, k in samples)
+            print(f"agent RSS (MiB): start {rss_start / 1024:.1f}, after {WARMUP:.0f} s warm-up "
+                  f"{warm / 1024:.1f}, end {end / 1024:.1f}, peak {peak / 1024:.1f}")
             print("RSS samples: " + " ".join(f"{t:.0f}s={k / 1024:.1f}" for t, k in samples))
             flat = end <= bound
             print(f"memory flat (end <= 1.10 x warm-up + 10 MiB = {bound / 1024:.1f}): {flat}")

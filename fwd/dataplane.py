@@ -126,7 +126,7 @@ class Dataplane:
             halves = (value[:half], value[half : 2 * half])
             entries[key] = (halves[live], halves[1 - live])
         sets: tuple[set[bytes], set[bytes]] = (set(), set())
-        for key in self._sets.keys():  # LPM tries have no batch lookup
+        for key in self._sets.keys():  # noqa: SIM118 - a map, not a dict: LPM has no batch lookup
             gen = key[_GEN_BYTE]
             if gen in (0, 1):  # kept as generation-0 keys, as Commit.set_add holds them
                 sets[gen].add(key[:_GEN_BYTE] + b"\0" + key[_GEN_BYTE + 1 :])

@@ -25,8 +25,8 @@ from fwd.bpf import abi
 from fwd.dataplane import Dataplane
 from fwd.errors import FwdError, PolicyError, RevisionMismatch
 from fwd.messages import (
-    Adoption,
     AddRule,
+    Adoption,
     Applied,
     ApplyPolicy,
     ApplyRevision,
@@ -164,9 +164,9 @@ class Datapath:
             if stored is not None
             else (EMPTY_POLICY, 0, {})
         )
-        before = await anyio.to_thread.run_sync(self._store.get, view.revision) if (
-            view.revision and "fwd_counters" in self._adoption.maps_reused
-        ) else None  # fmt: skip
+        before = None
+        if view.revision and "fwd_counters" in self._adoption.maps_reused:
+            before = await anyio.to_thread.run_sync(self._store.get, view.revision)
         fresh = fresh_slots(before.slots if before is not None else {}, slots)
         # The interfaces now, before Discovery reports them: rules naming an
         # interface must keep their entries through the adoption.

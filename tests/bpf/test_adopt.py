@@ -147,7 +147,7 @@ def test_restart_reconciles_a_different_desired_policy(pin_root: Path, i: int) -
     first.close()
     second = Agent(pin_root)
     try:
-        p, view, written = second.adopt(new, 6, {})
+        _, view, written = second.adopt(new, 6, {})
         assert view.revision == 5 and written
         assert not mismatches(second.plane, new), f"{old_name} -> {new_name}"
         assert halves_agree(second.plane)
@@ -211,26 +211,3 @@ def test_a_changed_layout_starts_fresh_and_says_why(pin_root: Path) -> None:
         assert not list(pin_root.glob("**/*_new"))
     finally:
         obj.close()
-
-
-def test_plan_reuse_is_all_or_nothing_for_policy_maps() -> None:
-    shape = (1, 4, 8, 16, 0)
-    wanted = {n: shape for n in (*pins.POLICY_MAPS, "fwd_counters")}
-    reuse, notes = pins.plan_reuse(dict(wanted), wanted)
-    assert reuse == set(wanted) and notes == []
-    pinned: dict[str, pins.Shape | str] = {n: shape for n in wanted if n != "fwd_sets"}
-    reuse, notes = pins.plan_reuse(pinned, wanted)
-    assert reuse == {"fwd_counters"}
-    pinned["fwd_sets"] = "cannot open the pin (EPERM)"
-    reuse, notes = pins.plan_reuse(pinned, wanted)
-    assert reuse == {"fwd_counters"} and notes[0].startswith("fwd_sets: cannot open")
-    assert pins.mismatch((1, 4, 8, 16, 0), (1, 4, 12, 16, 1)) == "value_size 8 != 12, map_flags 0 != 1"
-
-
-def test_engine_adopt_over_empty_maps_is_a_plain_apply() -> None:
-    policy = policy_from_dict({"rules": [{"id": "x", "action": "drop", "protocol": "udp"}]})
-    plain = Engine().apply(policy, 3, {"x": 20})
-    adopted = Engine().adopt(policy, 3, {"x": 20}, KernelView(), fresh={20})
-    assert sorted(adopted.commit.changes) == sorted(plain.commit.changes)
-    assert adopted.commit.set_add == plain.commit.set_add
-    assert set(adopted.commit.fresh_slots) == {20}

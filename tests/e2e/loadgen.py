@@ -113,8 +113,9 @@ async def _writer(client: Client, i: int, report: LoadReport, until: float) -> N
             current = await _timed(report, client.get_policy)
             assert isinstance(current, pb.GetPolicyResponse)
             policy = writer_policy(i, n)
+            expect = current.revision
             revision = await _timed(
-                report, lambda: client.apply_policy(policy, current.revision)
+                report, lambda p=policy, r=expect: client.apply_policy(p, r)  # type: ignore[misc]
             )
         except GRPCError as e:
             if e.status is Status.FAILED_PRECONDITION and "revision" in (e.message or ""):
@@ -189,7 +190,7 @@ async def final_state(socket: str) -> tuple[set[int], int, pb.Policy]:
     async with Client(socket, timeout=60) as client:
         history = {r.revision for r in await client.list_history(page_size=10_000)}
         current = await client.get_policy()
-    return history, current.revision, current.policy
+    return history, current.revision, current.policy or pb.Policy()
 
 
 def rss_kib(pid: int) -> int:

@@ -149,6 +149,7 @@ def test_sigkill_under_flood_lets_nothing_through(netns: Netns, tmp_path: Path) 
         policy = call(agent, lambda c: c.get_policy())
         assert policy.revision == revision
         adoption = policy.adoption
+        assert adoption is not None
         assert adoption.kernel_revision == revision and not adoption.reapplied, adoption
         assert {"fwd_rules", "fwd_counters", "fwd_live"} <= set(adoption.maps_reused)
         assert adoption.notes == []
