@@ -110,8 +110,12 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
             log.warning("pinned_map_not_reused", reason=note)
         obj.load()
         prog = obj.program(PROGRAM)
-        pins.pin_object(obj, prog, bpffs, reuse)
-        log.info("maps_pinned", reused=list(reuse.reused), created=list(reuse.created))
+        try:
+            pins.pin_object(obj, prog, bpffs, reuse)
+            log.info("maps_pinned", reused=list(reuse.reused), created=list(reuse.created))
+        except (FwdError, OSError) as exc:
+            # Enforcement works unpinned; only what a restart can adopt is lost.
+            log.error("maps_pin_failed", bpffs=str(bpffs), error=str(exc))
         maps = obj.maps()
         ncpus = next(iter(maps.values())).ncpus
         store = SqliteStore(settings.state_dir)
