@@ -166,7 +166,8 @@ class Datapath:
         )
         before = None
         if view.revision and "fwd_counters" in self._adoption.maps_reused:
-            before = await anyio.to_thread.run_sync(self._store.get, view.revision)
+            with contextlib.suppress(FwdError):  # unknown: every slot starts from zero
+                before = await anyio.to_thread.run_sync(self._store.get, view.revision)
         fresh = fresh_slots(before.slots if before is not None else {}, slots)
         # The interfaces now, before Discovery reports them: rules naming an
         # interface must keep their entries through the adoption.
