@@ -1,6 +1,6 @@
 """The agent's own memory with a large policy (prints numbers; not a test).
 
-Run as root from the repository root: ``/work/venv/bin/python bench/agent_rss.py [N]``.
+Run as root from the repository root: ``.venv/bin/python bench/agent_rss.py [N]``.
 Starts ``fwd agent`` in a throwaway network namespace (prefix ``$FWD_TEST_NS_PREFIX``
 or ``fwdt``; bpffs pins under ``/sys/fs/bpf/<prefix>-rss-<pid>``, all removed at
 the end), applies N (default 100,000) rules of each shape of bench/controlplane.py

@@ -1,6 +1,6 @@
 """Control- and data-plane cost of the classifier (prints numbers; not a test).
 
-Run as root from the repository root: ``/work/venv/bin/python bench/controlplane.py``.
+Run as root from the repository root: ``.venv/bin/python bench/controlplane.py``.
 Measures, on the real object under BPF_PROG_TEST_RUN and the real Engine/Dataplane:
 per-packet cost at N = 1 ... 100,000 rules for two rule shapes, compile + apply time,
 a single AddRule / DeleteRule at 100,000 rules (with the SQLite journal), a

@@ -4,5 +4,5 @@
 # Usage (root, repository root): bench/differential.sh [examples, default 50000]
 set -eu
 cd "$(dirname "$0")/.."
-FWD_HYPOTHESIS_EXAMPLES="${1:-50000}" exec /work/venv/bin/pytest -q -p no:cacheprovider \
+FWD_HYPOTHESIS_EXAMPLES="${1:-50000}" exec .venv/bin/pytest -q -p no:cacheprovider \
     tests/bpf/test_differential.py tests/unit/test_compiler.py -k "reference or incremental"

@@ -36,6 +36,7 @@ from fwd.actors.events import Events
 from fwd.actors.links import Links
 from fwd.api.metrics import GrpcMetrics
 from fwd.api.server import Api
+from fwd.bpf import pins
 from fwd.bpf.objects import BpfObject
 from fwd.bpf.objpath import default_object_path
 from fwd.bpf.ringbuf import RingBuffer, configure_events, kernel_event_stats
@@ -44,6 +45,7 @@ from fwd.dataplane import Dataplane
 from fwd.errors import FwdError
 from fwd.looplag import LoopLagMonitor
 from fwd.messages import (
+    Adoption,
     ConfirmCommand,
     DatapathCommand,
     EventsCommand,
@@ -109,8 +111,17 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
     bpffs = Path(settings.bpffs_dir)
     with BpfObject.open(obj_path or default_object_path()) as obj:
         configure_events(obj, rate=settings.event_rate, burst=settings.event_burst)
+        reuse = pins.reuse_pinned(obj, bpffs)
+        for note in reuse.notes:
+            log.warning("pinned_map_not_reused", reason=note)
         obj.load()
         prog = obj.program(PROGRAM)
+        try:
+            pins.pin_object(obj, prog, bpffs, reuse)
+            log.info("maps_pinned", reused=list(reuse.reused), created=list(reuse.created))
+        except (FwdError, OSError) as exc:
+            # Enforcement works unpinned; only what a restart can adopt is lost.
+            log.error("maps_pin_failed", bpffs=str(bpffs), error=str(exc))
         maps = obj.maps()
         ncpus = next(iter(maps.values())).ncpus
         store = SqliteStore(settings.state_dir)
@@ -126,6 +137,7 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
                 names=names_tx,
                 guard=lockout_guard(settings),
                 force_dry_run=settings.force_dry_run,
+                adoption=Adoption(reuse.reused, reuse.created, reuse.notes),
             )
             links = Links(
                 prog_fd=prog.fd,

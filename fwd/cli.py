@@ -106,6 +106,7 @@ def interface_to_json(iface: pb.Interface) -> dict[str, Any]:
         "prog_id": iface.prog_id,
         "link_id": iface.link_id,
         "error": iface.error,
+        "adopted": iface.adopted,
     }
 
 
@@ -127,7 +128,10 @@ async def _policy_get(client: Client, args: argparse.Namespace, out: TextIO) -> 
     response = await client.get_policy()
     policy = policy_from_proto(response.policy)
     if args.output == "json":
-        out.write(_dumps({"revision": response.revision, "policy": policy_to_dict(policy)}))
+        doc: dict[str, Any] = {"revision": response.revision, "policy": policy_to_dict(policy)}
+        if response.adoption is not None:  # what the agent took over when it started
+            doc["adoption"] = response.adoption.to_dict()
+        out.write(_dumps(doc))
     else:
         # The revision as a comment keeps the output a valid policy file.
         out.write(f"# revision: {response.revision}\n{dump_policy_yaml(policy)}")

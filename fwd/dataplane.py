@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fwd.bpf import abi
+from fwd.policy.adopt import KernelView
 from fwd.policy.compiler import ABSENT, Change
 from fwd.policy.engine import Commit
 from fwd.policy.setkeys import SET_KEY_SIZE, for_generation
+
+_GEN_BYTE = 6  # the generation byte of a fwd_sets key's tag (fwd.policy.setkeys)
 
 _U32 = struct.Struct("=I")
 _COUNTER = struct.Struct("=QQQQ")
@@ -88,19 +91,76 @@ class Dataplane:
         if n:
             idx = b"".join(_U32.pack(new * abi.MAX_TUPLES + i) for i in range(n))
             self._tuples.update_batch(idx, b"".join(bytes(t) for t in c.tuples), n)
+        self._gen.update(_U32.pack(new), bytes(self._config(c)))
+        self._live.update(_U32.pack(0), bytes(abi.Live(gen=new, revision=c.revision)))
+        self._barrier.wait()
+        self._settle(c.changes)
+        self._write_sets(c.set_add, c.set_remove, live)
+
+    @staticmethod
+    def _config(c: Commit) -> abi.GenConfig:
+        """The fwd_gen value of the generation ``c`` makes live."""
         config = abi.GenConfig(
-            ntuples=n, default_action=c.default_action, flags=c.flags, revision=c.revision
-        )
+            ntuples=len(c.tuples), default_action=c.default_action, flags=c.flags,
+            revision=c.revision,
+        )  # fmt: skip
         if len(c.set_refs) > abi.MAX_SET_REFS:
             raise ValueError(f"{len(c.set_refs)} set lookups exceed {abi.MAX_SET_REFS}")
         config.nsets = len(c.set_refs)
         for i, (set_id, direction) in enumerate(c.set_refs):
             config.set_ids[i], config.set_dirs[i] = set_id, direction
-        self._gen.update(_U32.pack(new), bytes(config))
-        self._live.update(_U32.pack(0), bytes(abi.Live(gen=new, revision=c.revision)))
-        self._barrier.wait()
-        self._settle(c.changes)
-        self._write_sets(c.set_add, c.set_remove, live)
+        return config
+
+    # --- adoption (a restarted agent over the previous agent's maps) -----------------
+
+    def read_kernel(self) -> KernelView:
+        """Everything the policy maps hold now: the "before" of the first commit."""
+        raw = self._live.lookup(_U32.pack(0))
+        live_word = abi.Live.from_buffer_copy(raw) if raw is not None else abi.Live()
+        live = int(live_word.gen) & 1
+        half = len(ABSENT)
+        entries: dict[bytes, tuple[bytes, bytes]] = {}
+        for key, value in self._rules.lookup_batch():
+            halves = (value[:half], value[half : 2 * half])
+            entries[key] = (halves[live], halves[1 - live])
+        sets: tuple[set[bytes], set[bytes]] = (set(), set())
+        for key, _ in self._sets.lookup_batch():  # the kernel's generic batch: ~1.4M keys/s
+            gen = key[_GEN_BYTE]
+            if gen in (0, 1):  # kept as generation-0 keys, as Commit.set_add holds them
+                sets[gen].add(key[:_GEN_BYTE] + b"\0" + key[_GEN_BYTE + 1 :])
+        config = self._gen.lookup(_U32.pack(live)) or b""
+        ntuples = abi.GenConfig.from_buffer_copy(config).ntuples if config else 0
+        tuples = []
+        for i in range(min(int(ntuples), abi.MAX_TUPLES)):
+            t = self._tuples.lookup(_U32.pack(live * abi.MAX_TUPLES + i))
+            tuples.append(t or b"")
+        return KernelView(
+            live=live, revision=int(live_word.revision), entries=entries,
+            sets=frozenset(sets[live]), sets_other=frozenset(sets[1 - live]),
+            config=config, tuples=tuple(tuples),
+        )  # fmt: skip
+
+    def unchanged(self, c: Commit, view: KernelView) -> bool:
+        """Whether the kernel already is what ``c`` would make it (no commit needed)."""
+        return (
+            not c.changes
+            and not c.set_add
+            and not c.set_remove
+            and c.revision == view.revision
+            and bytes(self._config(c)) == view.config
+            and tuple(bytes(t) for t in c.tuples) == view.tuples
+        )
+
+    def align_inactive_sets(self, view: KernelView) -> None:
+        """Make the inactive generation's set elements equal the live ones'.
+
+        Only the generation packets do not read is written. Afterwards a
+        commit's set changes, computed against the live generation, are right
+        for both generations (an apply cut short may have left them apart).
+        """
+        add = b"".join(sorted(view.sets - view.sets_other))
+        remove = b"".join(sorted(view.sets_other - view.sets))
+        self._write_sets(add, remove, 1 - view.live)
 
     def _write_entries(self, changes: Sequence[Change], live: int, new: int) -> None:
         if not changes:

@@ -91,6 +91,7 @@ class InterfaceStatus:
     prog_id: int = 0
     link_id: int = 0
     error: str = ""
+    adopted: bool = False  # the link was taken over from a previous agent's pin
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,27 @@ class Applied:
 
     revision: int
     policy: Policy
+    adoption: Adoption | None = None  # GetPolicy: what the agent found at start
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """What the agent found in the kernel at start and what it did with it.
+
+    ``maps_reused`` were taken over from the previous agent's pins (policy and
+    counters kept); ``maps_created`` are new (nothing pinned, or ``notes`` say
+    why a pin could not be used). ``kernel_revision`` is what the kernel
+    enforced at start (0: nothing); ``entries_changed`` how many rule-map
+    entries the reconcile rewrote, and ``reapplied`` whether it needed a
+    generation flip at all (False: the kernel already enforced the desired policy).
+    """
+
+    maps_reused: tuple[str, ...] = ()
+    maps_created: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    kernel_revision: int = 0
+    entries_changed: int = 0
+    reapplied: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """bench/cluster: N simulated agents against one etcd; how fast a policy write reaches all.
 
-    /work/venv/bin/python bench/cluster/run.py [--agents 100 1000] [--procs 2] [--rounds 5]
+    .venv/bin/python bench/cluster/run.py [--agents 100 1000] [--procs 2] [--rounds 5]
                                                [--client-per-agent]
 
 For each N: a fresh etcd (tests/etcd.py) on loopback; ``--procs`` worker

@@ -1,6 +1,6 @@
 """bench/events: drop events delivered to 1 and 10 subscribers during a veth flood.
 
-    sudo /work/venv/bin/python bench/events/bench.py [--seconds 4]
+    sudo .venv/bin/python bench/events/bench.py [--seconds 4]
 
 Two throwaway namespaces joined by a veth pair; the fwd XDP program (native
 mode) on the receiving end enforces a logged drop rule for the flood's UDP

@@ -1,6 +1,6 @@
 """bench/events end to end: the real agent, a veth flood, gRPC subscribers in another process.
 
-    sudo /work/venv/bin/python bench/events/e2e.py [--seconds 5] [--subscribers 1 10]
+    sudo .venv/bin/python bench/events/e2e.py [--seconds 5] [--subscribers 1 10]
 
 Namespaces S (veth vA) and R (veth vB). ``fwd agent`` runs in R (pinned to the
 last CPU) with its metrics endpoint on R's loopback; a policy with one logged

@@ -11,6 +11,7 @@ flip), then keep it (``Pending.finish``) or roll it back (``Pending.abort``).
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -26,6 +27,7 @@ from fwd.dataplane import Dataplane
 from fwd.errors import FwdError, PolicyError, RevisionMismatch
 from fwd.messages import (
     AddRule,
+    Adoption,
     Applied,
     ApplyPolicy,
     ApplyRevision,
@@ -51,6 +53,8 @@ from fwd.messages import (
     SetRemoveElements,
     SlotNames,
 )
+from fwd.policy.adopt import KernelView
+from fwd.policy.compiler import fresh_slots
 from fwd.policy.engine import Engine, Pending
 from fwd.policy.model import EMPTY_POLICY, Action, NamedSet, Policy
 from fwd.store import Store
@@ -104,7 +108,11 @@ class Datapath:
         names: MemoryObjectSendStream[SlotNames] | None = None,
         guard: Callable[[Policy], None] | None = None,
         force_dry_run: bool = False,
+        adoption: Adoption | None = None,
     ) -> None:
+        # Which maps the agent took over from pins (fwd.bpf.pins); completed at start
+        # with what the kernel enforced and what the reconcile changed.
+        self._adoption = adoption or Adoption()
         # fwd agent --dry-run: every policy this agent enforces is put in dry-run.
         self._force_dry_run = force_dry_run
         # Anti-lockout: raises (LockoutError) for a resulting policy that could drop
@@ -138,14 +146,7 @@ class Datapath:
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Enforce the stored policy, report started, then serve commands and link changes."""
-        stored = await anyio.to_thread.run_sync(self._store.latest)
-        e = self._engine
-        if stored is not None:
-            restored = self._enforceable(stored.policy)
-            await self._change(lambda: e.apply(restored, stored.revision, stored.slots))
-            log.info("policy_restored", revision=stored.revision, rules=len(stored.policy.rules))
-        else:
-            await self._change(lambda: e.apply(EMPTY_POLICY, 0, {}))
+        await self._adopt()
         await self._release_heap()
         task_status.started()
         async with anyio.create_task_group() as tg, commands, links:
@@ -153,6 +154,42 @@ class Datapath:
             async for command in commands:
                 await self._handle(command)
             tg.cancel_scope.cancel()
+
+    async def _adopt(self) -> None:
+        """Enforce the stored policy over whatever the (maybe reused) maps hold.
+
+        The kernel's contents are the "before": only differences are written,
+        with one generation flip, or nothing at all when the previous agent
+        left exactly the stored policy (the common restart). Counter slots are
+        zeroed only for rule ids that did not own them at the kernel's revision.
+        """
+        stored = await anyio.to_thread.run_sync(self._store.latest)
+        view = await anyio.to_thread.run_sync(self._dp.read_kernel)
+        policy, revision, slots = (
+            (self._enforceable(stored.policy), stored.revision, stored.slots)
+            if stored is not None
+            else (EMPTY_POLICY, 0, {})
+        )
+        before = None
+        if view.revision and "fwd_counters" in self._adoption.maps_reused:
+            with contextlib.suppress(FwdError):  # unknown: every slot starts from zero
+                before = await anyio.to_thread.run_sync(self._store.get, view.revision)
+        fresh = fresh_slots(before.slots if before is not None else {}, slots)
+        # The interfaces now, before Discovery reports them: rules naming an
+        # interface must keep their entries through the adoption.
+        links = {name: index for index, name in socket.if_nameindex()}
+        e = self._engine
+        await self._change(
+            lambda: e.adopt(policy, revision, slots, view, fresh, links), adopt=view
+        )
+        self._adoption = replace(self._adoption, kernel_revision=view.revision)
+        log.info(
+            "policy_adopted" if view.revision else "policy_restored",
+            revision=revision, rules=len(policy.rules), kernel_revision=view.revision,
+            reapplied=self._adoption.reapplied, entries_changed=self._adoption.entries_changed,
+            maps_reused=len(self._adoption.maps_reused),
+            maps_created=len(self._adoption.maps_created),
+        )  # fmt: skip
 
     async def _follow_links(self, links: MemoryObjectReceiveStream[LinkEvent]) -> None:
         """Keep interface name -> ifindex current; recompile (a diff) when rules need it."""
@@ -206,7 +243,7 @@ class Datapath:
             )
             self._count(reply, "set_changes")
         elif isinstance(command, GetPolicy):
-            reply = Reply(Applied(e.revision, e.policy))
+            reply = Reply(Applied(e.revision, e.policy, self._adoption))
         elif isinstance(command, GetStats):
             reply = Reply(self._read_stats())
         elif isinstance(command, ListRules):
@@ -310,10 +347,16 @@ class Datapath:
         return Reply(Applied(self._engine.revision, self._engine.policy))
 
     async def _change(
-        self, prepare: Callable[[], Pending | None], persist: bool = False, force: bool = True
+        self,
+        prepare: Callable[[], Pending | None],
+        persist: bool = False,
+        force: bool = True,
+        adopt: KernelView | None = None,
     ) -> bool:
         async with self._lock:
-            changed = await anyio.to_thread.run_sync(self._change_sync, prepare, persist, force)
+            changed = await anyio.to_thread.run_sync(
+                self._change_sync, prepare, persist, force, adopt
+            )
         if changed and self._names is not None:  # on the loop: memory streams are not thread-safe
             slots = self._engine.slots
             table = [*RESERVED_SLOTS.items(), *((s, rid) for rid, s in slots.items())]
@@ -323,7 +366,11 @@ class Datapath:
         return changed
 
     def _change_sync(
-        self, prepare: Callable[[], Pending | None], persist: bool, force: bool
+        self,
+        prepare: Callable[[], Pending | None],
+        persist: bool,
+        force: bool,
+        adopt: KernelView | None = None,
     ) -> bool:
         before = len(self._engine.policy.rules)
         pending = prepare()
@@ -343,7 +390,15 @@ class Datapath:
                 else:
                     assert pending.slots is not None
                     self._store.save(revision, pending.policy, dict(pending.slots))
-            self._dp.commit(pending.commit)
+            if adopt is None:
+                self._dp.commit(pending.commit)
+            elif not self._dp.unchanged(pending.commit, adopt):
+                # The other generation may hold a cut-short apply's set elements.
+                self._dp.align_inactive_sets(adopt)
+                self._dp.commit(pending.commit)
+                self._adoption = replace(
+                    self._adoption, reapplied=True, entries_changed=len(pending.commit.changes)
+                )
         except BaseException:
             pending.abort()
             raise

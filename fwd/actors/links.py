@@ -136,6 +136,7 @@ class _Entry:
     pinned: bool = False
     link_id: int = 0  # read once at attach: status() must not need a syscall
     prog_id: int = 0
+    adopted: bool = False  # taken over from a previous agent's pin, not attached anew
 
     def status(self) -> InterfaceStatus:
         return InterfaceStatus(
@@ -146,6 +147,7 @@ class _Entry:
             prog_id=self.prog_id if self.link is not None else 0,
             link_id=self.link_id if self.link is not None else 0,
             error=self.error,
+            adopted=self.adopted and self.link is not None,
         )
 
 
@@ -282,7 +284,7 @@ class Links:
                 )
                 return
         self._attaches += 1
-        entry.link, entry.mode, entry.pinned = link, mode, False
+        entry.link, entry.mode, entry.pinned, entry.adopted = link, mode, False, adopted
         entry.state, entry.error = LinkState.ATTACHED, ""
         try:
             entry.link_id, entry.prog_id = link.id, link.prog_id

@@ -199,6 +199,21 @@ def interface_to_proto(status: messages.InterfaceStatus) -> pb.Interface:
         link_id=status.link_id,
         state=_STATES[status.state],
         error=status.error,
+        adopted=status.adopted,
+    )
+
+
+def adoption_to_proto(a: messages.Adoption | None) -> pb.Adoption | None:
+    """What the Datapath found at start, for GetPolicyResponse.adoption."""
+    if a is None:
+        return None
+    return pb.Adoption(
+        maps_reused=list(a.maps_reused),
+        maps_created=list(a.maps_created),
+        notes=list(a.notes),
+        kernel_revision=a.kernel_revision,
+        entries_changed=a.entries_changed,
+        reapplied=a.reapplied,
     )
 
 

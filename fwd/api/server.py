@@ -450,7 +450,9 @@ class _PolicyService(pb.PolicyServiceBase):
             )
         applied = await self._api.get_policy()
         return pb.GetPolicyResponse(
-            revision=applied.revision, policy=convert.policy_to_proto(applied.policy)
+            revision=applied.revision,
+            policy=convert.policy_to_proto(applied.policy),
+            adoption=convert.adoption_to_proto(applied.adoption),
         )
 
     async def apply_policy(  # the streamed request type (see __mapping__)

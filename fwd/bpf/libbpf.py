@@ -306,6 +306,7 @@ bpf_map__key_size = _declare("bpf_map__key_size", c_uint32, c_void_p)
 bpf_map__value_size = _declare("bpf_map__value_size", c_uint32, c_void_p)
 bpf_map__max_entries = _declare("bpf_map__max_entries", c_uint32, c_void_p)
 bpf_map__map_flags = _declare("bpf_map__map_flags", c_uint32, c_void_p)
+bpf_map__reuse_fd = _declare("bpf_map__reuse_fd", c_int, c_void_p, c_int)
 bpf_map__set_max_entries = _declare(
     "bpf_map__set_max_entries", c_int, c_void_p, c_uint32
 )

@@ -112,6 +112,16 @@ class Map(Handle):
         return int(libbpf.bpf_map__max_entries(self._ptr))
 
     @property
+    def map_flags(self) -> int:
+        """``BPF_F_*`` creation flags (e.g. BPF_F_NO_PREALLOC)."""
+        if self._info is not None:
+            self.ensure_open()
+            return int(self._info.map_flags)
+        assert self._owner is not None
+        self._owner._handle()
+        return int(libbpf.bpf_map__map_flags(self._ptr))
+
+    @property
     def id(self) -> int:
         """The kernel's map id."""
         return int(libbpf.obj_info(self.fd, libbpf.MapInfo(), self.label).id)

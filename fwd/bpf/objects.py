@@ -190,6 +190,16 @@ class BpfObject:
             f"bpf_map__set_max_entries({self._path}, {map_name!r}, {n})",
         )
 
+    def reuse_map_fd(self, map_name: str, fd: int) -> None:
+        """Use an existing map (e.g. opened from a pin) instead of creating one at :meth:`load`.
+
+        libbpf duplicates ``fd``; the caller still owns (and closes) its own.
+        """
+        libbpf.check(
+            int(libbpf.bpf_map__reuse_fd(self._map_ptr(map_name), fd)),
+            f"bpf_map__reuse_fd({self._path}, {map_name!r})",
+        )
+
     def set_initial_value(self, map_name: str, data: bytes) -> None:
         """Set a global-data map's contents (e.g. ``.rodata`` settings) before :meth:`load`."""
         buf = ctypes.create_string_buffer(data, len(data))  # libbpf copies it

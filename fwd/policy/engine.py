@@ -17,6 +17,13 @@ from typing import Any
 
 from fwd.bpf import abi
 from fwd.errors import CapacityError, PolicyError
+from fwd.policy.adopt import (
+    KernelView,
+    kernel_prios,
+    kernel_tuple_ids,
+    reconcile,
+    set_changes,
+)
 from fwd.policy.compiler import (
     DEFAULT_MAX_ENTRIES,
     Change,
@@ -211,6 +218,46 @@ class Engine:
             self._s = _State(policy, revision, new_slots, prios, ids, set_ids, links)
 
         return Pending(commit, policy, finish, slots=new_slots)
+
+    def adopt(
+        self,
+        policy: Policy,
+        revision: int,
+        slots: Mapping[str, int],
+        view: KernelView,
+        fresh: Iterable[int] = (),
+        ifindexes: Mapping[str, int] | None = None,
+    ) -> Pending:
+        """Enforce ``policy`` (a restore at start) over maps that may already hold a policy.
+
+        The commit carries only what differs from ``view``; priorities and tuple
+        ids the kernel uses are kept where they fit, so the policy an agent left
+        behind adopts without a change. Only ``fresh`` counter slots are zeroed.
+        ``ifindexes`` are the interfaces present now: rules naming interfaces
+        must keep their entries. Call on a new Engine (before any other operation).
+        """
+        hints = kernel_prios(view, slots)
+        seed = Classifier(max_tuples=self._max_tuples, max_entries=self._max_entries)
+        seed._ids = kernel_tuple_ids(view)  # build() reuses a predecessor's tuple ids
+        self._s = _State(
+            ids=list(hints), prios=list(hints.values()), ifindexes=dict(ifindexes or {})
+        )
+        self.classifier = seed
+        try:
+            # From an empty predecessor every entry and set element is an addition,
+            # so the commit's changes and set_add are the desired contents whole.
+            p = self.apply(policy, revision, slots)
+        finally:
+            self._s, self.classifier = _State(), Classifier(
+                max_tuples=self._max_tuples, max_entries=self._max_entries
+            )
+        desired = {key: after for key, _, after in p.commit.changes if after is not None}
+        add, remove = set_changes(p.commit.set_add, view)
+        p.commit = replace(
+            p.commit, changes=reconcile(desired, view), set_add=add, set_remove=remove,
+            fresh_slots=tuple(fresh),
+        )  # fmt: skip
+        return p
 
     def relink(self, ifindexes: Mapping[str, int]) -> Pending | None:
         """Interfaces changed: recompile rules with interface globs (None: nothing to do)."""

@@ -42,6 +42,9 @@ class AgentProcess:
             "--socket", self.socket, "--state-dir", str(self.state_dir),
             "--bpffs", str(self.pin_dir), "--log-level", "debug", *self.extra,
         ]
+        # A restart appends to the log and may find the socket a SIGKILLed agent
+        # left behind: only this start's "agent_ready" counts.
+        offset = len(self.log())
         with open(self.log_path, "ab") as log:
             env = {**os.environ, **self.env} if self.env else None
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=ROOT, env=env)
@@ -49,7 +52,7 @@ class AgentProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent exited {self.proc.returncode}:\n{self.log()}")
-            if os.path.exists(self.socket) and "agent_ready" in self.log():
+            if os.path.exists(self.socket) and "agent_ready" in self.log()[offset:]:
                 return
             time.sleep(0.05)
         raise RuntimeError(f"agent not ready after {timeout}s:\n{self.log()}")

@@ -60,6 +60,10 @@ def test_cleanup_removes_what_fwd_owns_and_nothing_else(netns: Netns, tmp_path: 
     agent.start()
     assert agent.stop() == 0
     assert xdp_prog_id(ns, "mine0") and xdp_prog_id(ns, "mine1")  # kept after a clean stop
+    # Maps and program are pinned too (a restart adopts them).
+    pinned_maps = sorted(p.name for p in (pins / "maps").iterdir())
+    assert {"fwd_rules", "fwd_counters", "fwd_live"} <= set(pinned_maps), pinned_maps
+    assert (pins / "prog").exists()
     # Someone else's XDP program on another link must survive the cleanup.
     subprocess.run(["ip", "-n", ns, "link", "set", "dev", "other0", "xdpgeneric", "obj",
                     str(ROOT / "bpf/build/fwd.bpf.o"), "sec", "xdp"], check=True)
@@ -70,6 +74,9 @@ def test_cleanup_removes_what_fwd_owns_and_nothing_else(netns: Netns, tmp_path: 
          "--bpffs", str(pins)], capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("removed link") == 2
+    for name in pinned_maps:
+        assert f"removed pin maps/{name}" in out.stdout, out.stdout
+    assert "removed pin prog" in out.stdout, out.stdout
     assert xdp_prog_id(ns, "mine0") == 0 and xdp_prog_id(ns, "mine1") == 0
     assert xdp_prog_id(ns, "other0") == other
     assert not pins.exists()

@@ -150,6 +150,7 @@ async def test_interfaces_table_and_json(tmp_path: Path) -> None:
         "prog_id": 42,
         "link_id": 3,
         "error": "",
+        "adopted": False,
     }
 
 
