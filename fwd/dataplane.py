@@ -25,6 +25,16 @@ _COUNTER = struct.Struct("=QQQQ")
 assert _COUNTER.size == ctypes.sizeof(abi.Counter)
 
 
+class TornCommit(RuntimeError):
+    """A commit failed after its flip: the new generation is live, the retired half
+    is stale. Not a FwdError on purpose: the agent must stop (and its restart adopt
+    and align the kernel), not go on answering as if nothing happened."""
+
+    def __init__(self, revision: int) -> None:
+        super().__init__(f"revision {revision} went live but settling the retired half failed")
+        self.revision = revision
+
+
 class MapLike(Protocol):
     """What the dataplane needs of fwd.bpf.objects.Map (a fake can stand in)."""
 
@@ -38,6 +48,8 @@ class MapLike(Protocol):
     def update_batch(self, keys: bytes, values: bytes, count: int) -> None: ...
 
     def delete_batch(self, keys: bytes, count: int) -> None: ...
+
+    def delete(self, key: bytes) -> bool: ...
 
     def lookup_batch(self, chunk: int = 4096) -> Iterator[tuple[bytes, bytes]]: ...
 
@@ -83,19 +95,50 @@ class Dataplane:
         live = self.live_generation()
         new = 1 - live
         self.zero_slots(c.fresh_slots)
-        self._write_entries(c.changes, live, new)
-        self._write_sets(c.set_add, c.set_remove, new)
-        n = len(c.tuples)
-        if n > abi.MAX_TUPLES:
-            raise ValueError(f"{n} tuples exceed {abi.MAX_TUPLES}")
-        if n:
-            idx = b"".join(_U32.pack(new * abi.MAX_TUPLES + i) for i in range(n))
-            self._tuples.update_batch(idx, b"".join(bytes(t) for t in c.tuples), n)
-        self._gen.update(_U32.pack(new), bytes(self._config(c)))
-        self._live.update(_U32.pack(0), bytes(abi.Live(gen=new, revision=c.revision)))
-        self._barrier.wait()
-        self._settle(c.changes)
-        self._write_sets(c.set_add, c.set_remove, live)
+        try:
+            self._write_entries(c.changes, live, new)
+            self._write_sets(c.set_add, c.set_remove, new)
+            n = len(c.tuples)
+            if n > abi.MAX_TUPLES:
+                raise ValueError(f"{n} tuples exceed {abi.MAX_TUPLES}")
+            if n:
+                idx = b"".join(_U32.pack(new * abi.MAX_TUPLES + i) for i in range(n))
+                self._tuples.update_batch(idx, b"".join(bytes(t) for t in c.tuples), n)
+            self._gen.update(_U32.pack(new), bytes(self._config(c)))
+            self._live.update(_U32.pack(0), bytes(abi.Live(gen=new, revision=c.revision)))
+        except BaseException:
+            # Nothing is live yet, but the inactive half of the entries and the
+            # inactive generation's set elements hold part of ``c``: the next commit
+            # writes only its own diff, so they would go live with it. Put them back.
+            self._undo_inactive(c, new)
+            raise
+        try:
+            self._barrier.wait()
+            self._settle(c.changes)
+            self._write_sets(c.set_add, c.set_remove, live)
+        except BaseException as exc:
+            # ``c`` is live but the retired half still holds the old verdicts: the
+            # next flip would bring them back. Only a full reconciliation repairs
+            # that (a restarted agent adopts the kernel and aligns both halves).
+            raise TornCommit(c.revision) from exc
+
+    def _undo_inactive(self, c: Commit, new: int) -> None:
+        """Make the inactive generation equal the live one again after a failed (b).
+
+        An error path: the failure may have struck anywhere in (b), so what it
+        created is deleted key by key, a key it never reached being no error.
+        """
+        back = [(key, before) for key, before, _ in c.changes if before is not None]
+        if back:
+            keys = b"".join(key for key, _ in back)
+            self._rules.update_batch(keys, b"".join(b + b for _, b in back), len(back))
+        for key, before, _ in c.changes:
+            if before is None:  # created by the failed commit: absent before, so again
+                self._rules.delete(key)
+        self._write_sets(c.set_remove, b"", new)  # elements it removed come back
+        tagged = for_generation(c.set_add, new)
+        for i in range(0, len(tagged), SET_KEY_SIZE):
+            self._sets.delete(tagged[i : i + SET_KEY_SIZE])
 
     @staticmethod
     def _config(c: Commit) -> abi.GenConfig:

@@ -79,6 +79,10 @@ class Store(Protocol):
 
     def history(self, offset: int, limit: int) -> tuple[list[StoredPolicy], int]: ...
 
+    def discard(self, revision: int) -> None:
+        """Forget ``revision`` (saved, then never enforced: its commit failed)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -179,6 +183,11 @@ class SqliteStore:
                 (revision, time.time(), json.dumps(change)),
             )
 
+    def discard(self, revision: int) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM revisions WHERE revision = ?", (revision,))
+            self._db.execute("DELETE FROM changes WHERE revision = ?", (revision,))
+
     def close(self) -> None:
         self._db.close()
 
@@ -206,6 +215,9 @@ class MemoryStore:
         latest = self.latest() or StoredPolicy(0, Policy(), {}, 0.0)
         policy, slots = replay(latest.policy, latest.slots, change)
         self._revisions[revision] = StoredPolicy(revision, policy, slots, time.time())
+
+    def discard(self, revision: int) -> None:
+        self._revisions.pop(revision, None)
 
     def close(self) -> None:
         pass

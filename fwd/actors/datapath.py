@@ -23,7 +23,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from fwd import heap
 from fwd.bpf import abi
-from fwd.dataplane import Dataplane
+from fwd.dataplane import Dataplane, TornCommit
 from fwd.errors import FwdError, PolicyError, RevisionMismatch
 from fwd.messages import (
     AddRule,
@@ -399,7 +399,13 @@ class Datapath:
                 self._adoption = replace(
                     self._adoption, reapplied=True, entries_changed=len(pending.commit.changes)
                 )
+        except TornCommit:
+            raise  # live and persisted: the agent stops, its restart adopts the kernel
         except BaseException:
+            if persist:
+                # Saved first, never enforced: the revision must not come back at a
+                # restart, and the next change reuses its number.
+                self._store.discard(revision)
             pending.abort()
             raise
         pending.finish()

@@ -70,3 +70,22 @@ def test_policy_json_is_the_json_of_the_plain_data(raw: dict[str, object]) -> No
     """The snapshot text is encoded rule by rule; it must decode to policy_to_dict's form."""
     policy = policy_from_dict(raw)
     assert json.loads(policy_json(policy)) == policy_to_dict(policy)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_a_discarded_revision_is_gone_and_its_number_free(tmp_path: Path, kind: str) -> None:
+    # The Datapath saves before it commits; a commit that fails discards the revision.
+    store: Store = SqliteStore(tmp_path) if kind == "sqlite" else MemoryStore()
+    fill(store)
+    store.discard(4)  # a journal record
+    latest = store.latest()
+    assert latest is not None and latest.revision == 3 and store.get(4) is None
+    store.save(4, P1, {"a": 16})  # the next change takes the same number
+    store.discard(4)  # a snapshot
+    latest = store.latest()
+    assert latest is not None and latest.revision == 3
+    assert [r.id for r in latest.policy.rules] == ["b", "a"]
+    store.save_change(4, {"op": "delete_rule", "id": "b"})
+    latest = store.latest()
+    assert latest is not None and [r.id for r in latest.policy.rules] == ["a"]
+    assert store.history(0, 10)[1] == 4
