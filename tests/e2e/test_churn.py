@@ -122,7 +122,7 @@ def test_bursts_of_veths_end_in_exactly_the_desired_attachments(
         settled = time.monotonic() - started
         total = len(links(b)) - 1
         assert total >= 300 or PAIRS < 150, f"only {total} links churned"
-        print(f"churn: {total} links, {len(kernel_xdp(b))} attached, {len(applied)} applies, "
+        print(f"churn: {2 * PAIRS + 80} veths created, {total} links left, {len(kernel_xdp(b))} attached, {len(applied)} applies, "
               f"settled {settled:.2f} s after the last burst")
 
         async def listed() -> dict[str, str]:
