@@ -432,31 +432,44 @@ def _metrics_addr(text: str) -> str:
     return text
 
 
-def _client_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+def _client_options(
+    common: argparse._ActionsContainer | None = None, *, suppress: bool = False
+) -> argparse._ActionsContainer:
+    """The options every client command takes. They are accepted before the command
+    (``fwd --socket S policy get``, holding the defaults) and after it (``suppress``:
+    given there they override, absent they leave the value from before the command)."""
+    common = common or argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--socket",
-        default=default_socket(),
+        default=argparse.SUPPRESS if suppress else default_socket(),
         metavar="PATH",
-        help=f"the agent's API socket (default: ${SOCKET_ENV} or %(default)s)",
+        help=f"the agent's API socket (default: ${SOCKET_ENV} or {default_socket()})",
     )
     common.add_argument(
         "--server",
-        default=os.environ.get("FWD_SERVER", ""),
+        default=argparse.SUPPRESS if suppress else os.environ.get("FWD_SERVER", ""),
         metavar="HOST:PORT",
         help="talk to an agent's TCP listener instead of the socket (mutual TLS; "
         "default: $FWD_SERVER)",
     )
-    common.add_argument("--tls-ca", default="", metavar="FILE", help="CA that signed the agent")
-    common.add_argument("--tls-cert", default="", metavar="FILE", help="client certificate")
-    common.add_argument("--tls-key", default="", metavar="FILE", help="client key")
+    empty = argparse.SUPPRESS if suppress else ""
+    common.add_argument("--tls-ca", default=empty, metavar="FILE", help="CA that signed the agent")
+    common.add_argument("--tls-cert", default=empty, metavar="FILE", help="client certificate")
+    common.add_argument("--tls-key", default=empty, metavar="FILE", help="client key")
     common.add_argument(
         "--timeout",
         type=_positive,
-        default=10.0,
+        default=argparse.SUPPRESS if suppress else 10.0,
         metavar="SECONDS",
-        help="give up on each call after this long (default: %(default)s)",
+        help="give up on each call after this long (default: 10)",
     )
+    return common
+
+
+def _fresh_common() -> argparse.ArgumentParser:
+    """A new copy of the client options for a subcommand that redefines one of them."""
+    common = _client_options(suppress=True)
+    assert isinstance(common, argparse.ArgumentParser)
     return common
 
 
@@ -469,8 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=COMMANDS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _client_options(parser.add_argument_group("client options (also after the command)"))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    common = _client_options()
+    common = _fresh_common()
     defaults = Settings()
 
     agent = sub.add_parser(
@@ -480,9 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agent.add_argument(
         "--socket",
-        default=default_socket(),
+        default=argparse.SUPPRESS,  # the value given before the command, or its default
         metavar="PATH",
-        help=f"serve the API on this unix socket (default: ${SOCKET_ENV} or %(default)s)",
+        help=f"serve the API on this unix socket (default: ${SOCKET_ENV} or {default_socket()})",
     )
     agent.add_argument(
         "--state-dir",
@@ -704,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.set_defaults(client=_policy_history)
 
     cli_rules.register(sub, policy_sub, common, _revision, _load_policy)
-    cli_cluster.register(sub, common, _revision, _client_options)
+    cli_cluster.register(sub, common, _revision, _fresh_common)
 
     events = sub.add_parser(
         "events",

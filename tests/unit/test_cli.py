@@ -18,7 +18,8 @@ import anyio
 import pytest
 
 import fwd
-from fwd.cli import format_table, main
+from fwd.api.client import default_socket
+from fwd.cli import build_parser, format_table, main
 from fwd.messages import AttachMode, InterfaceStatus, LinkState, RuleStats, Settings
 from fwd.policy.files import load_policy_text
 from fwd.policy.model import policy_to_dict
@@ -344,3 +345,15 @@ def test_agent_cluster_settings(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
         seen.clear()
         assert main(["agent", *argv]) == 2
         assert why in capsys.readouterr().err and not seen
+
+
+def test_client_options_before_or_after_the_command() -> None:
+    parse = build_parser().parse_args
+    assert parse(["--socket", "/a", "policy", "get"]).socket == "/a"
+    assert parse(["policy", "get", "--socket", "/b"]).socket == "/b"
+    assert parse(["--socket", "/a", "policy", "get", "--socket", "/b"]).socket == "/b"
+    assert parse(["--socket", "/a", "agent"]).socket == "/a"  # the agent serves there
+    assert parse(["stats"]).socket == default_socket()
+    assert parse(["--timeout", "3", "interfaces"]).timeout == 3.0
+    assert parse(["--server", "h:1", "cluster", "status"]).server == "h:1"
+    assert parse(["cluster", "wait", "--revision", "4", "--timeout", "7"]).timeout == 7.0
