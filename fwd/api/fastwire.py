@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from fwd.api import wire
 from fwd.api.gen.fwd import v1 as pb
 from fwd.events import DropEvent
 from fwd.policy.model import Action
@@ -187,19 +188,7 @@ class EncodedEventBatch(pb.EventBatch):
         return self._encoded
 
 
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data):
-            raise ValueError("truncated varint")
-        b = data[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
+_read_varint = wire.read_varint
 
 
 def scan_batch(data: bytes) -> tuple[int, int]:

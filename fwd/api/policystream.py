@@ -30,19 +30,7 @@ _POLICY_FIELD = 1  # ApplyPolicyRequest.policy
 _RULES_FIELD = 3  # Policy.rules
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data):
-            raise ValueError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-        if shift >= 70:
-            raise ValueError("varint too long")
+_varint = wire.read_varint
 
 
 def _fields(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:

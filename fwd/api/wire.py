@@ -27,6 +27,23 @@ class WireTypeError(ValueError):
     """A decoded message holds a value of the wrong type (malformed wire data)."""
 
 
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """The protobuf varint at ``data[pos:]`` and the position after it (at most 10
+    bytes); ValueError if it is truncated or longer."""
+    value = shift = 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+        if shift >= 70:
+            raise ValueError("varint too long")
+
+
 def _check_value(value: Any, proto_type: str, cls: type | None, path: str) -> None:
     if proto_type == "message":
         if cls is not None and not isinstance(value, cls):
