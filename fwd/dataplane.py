@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -81,7 +82,7 @@ class Dataplane:
             return 0
         return int(abi.Live.from_buffer_copy(raw).gen)
 
-    def commit(self, c: Commit) -> None:
+    def commit(self, c: Commit, alongside: Callable[[], None] | None = None) -> None:
         """Make ``c`` live atomically (bpf/README.md "Updates").
 
         (b) write the inactive generation: every changed entry whole, with the
@@ -91,12 +92,26 @@ class Dataplane:
         change into the old half, delete entries absent from both and the old
         generation's removed set elements. Packets read the live word once, so
         each sees one generation, complete.
+
+        ``alongside`` (the Datapath's store write) runs in another thread while
+        the entries are written and must finish before the flip: the batch write
+        is one syscall that releases the GIL, so a large apply saves most of the
+        shorter of the two. Its failure undoes (b) like any other.
         """
         live = self.live_generation()
         new = 1 - live
         self.zero_slots(c.fresh_slots)
         try:
-            self._write_entries(c.changes, live, new)
+            if alongside is None:
+                self._write_entries(c.changes, live, new)
+            else:
+                with ThreadPoolExecutor(max_workers=1) as pool:
+                    side = pool.submit(alongside)
+                    try:
+                        self._write_entries(c.changes, live, new)
+                    finally:
+                        wait([side])  # never flip (or undo) while it still runs
+                    side.result()  # its error, if any
             self._write_sets(c.set_add, c.set_remove, new)
             n = len(c.tuples)
             if n > abi.MAX_TUPLES:

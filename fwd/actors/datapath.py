@@ -382,16 +382,12 @@ class Datapath:
         try:
             if self._guard is not None and not force:
                 self._guard(pending.policy)
-            if persist:
-                # Persist first: an agent restarted after the flip must come back
-                # with this revision, never an older one.
-                if pending.change is not None:
-                    self._store.save_change(revision, pending.change)
-                else:
-                    assert pending.slots is not None
-                    self._store.save(revision, pending.policy, dict(pending.slots))
+            assert adopt is None or not persist  # adoption enforces what is stored
+            save = self._saver(pending) if persist else None
             if adopt is None:
-                self._dp.commit(pending.commit)
+                # Persisted before the flip (an agent restarted after it must come
+                # back with this revision, never an older one), written meanwhile.
+                self._dp.commit(pending.commit, alongside=save)
             elif not self._dp.unchanged(pending.commit, adopt):
                 # The other generation may hold a cut-short apply's set elements.
                 self._dp.align_inactive_sets(adopt)
@@ -414,6 +410,16 @@ class Datapath:
         self._stats.entries = len(self._engine.classifier.entries)
         self._stats.tuples = self._engine.classifier.tuple_count()
         return True
+
+    def _saver(self, pending: Pending) -> Callable[[], None]:
+        """Store ``pending``'s revision: a journal record, or a snapshot for a whole policy."""
+        store, revision = self._store, pending.commit.revision
+        if pending.change is not None:
+            change = pending.change
+            return lambda: store.save_change(revision, change)
+        assert pending.slots is not None
+        policy, slots = pending.policy, dict(pending.slots)
+        return lambda: store.save(revision, policy, slots)
 
     def _list_rules(self, cmd: ListRules) -> Reply[RulePage]:
         e = self._engine

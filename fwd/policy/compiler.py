@@ -236,6 +236,19 @@ class Classifier:
         self._before = {}
         return out
 
+    def save_tuple_ids(self) -> tuple[dict[Sig, int], set[int]]:
+        """A copy of the tuple-id bookkeeping (at most MAX_TUPLE_IDS entries)."""
+        return dict(self._ids), set(self._blocked)
+
+    def restore_tuple_ids(self, saved: tuple[dict[Sig, int], set[int]]) -> None:
+        """Undo the id changes since ``save_tuple_ids``, before re-adding what was removed.
+
+        Removing a tuple's last entry retires and blocks its id; re-adding the rule
+        would then take a *new* id, while the kernel (never told about the removal,
+        because the change was aborted) still holds the entries under the old one.
+        """
+        self._ids, self._blocked = dict(saved[0]), set(saved[1])
+
     def settle(self) -> None:
         """The kernel holds exactly this classifier now: retired ids may be reused."""
         self._reuse = {}

@@ -323,6 +323,7 @@ class Engine:
         policy = replace(s.policy, rules=s.policy.rules[:index] + s.policy.rules[index + 1 :])
         ctx = _context(s.policy, s.set_ids, s.ifindexes)
         c = self.classifier
+        ids = c.save_tuple_ids()
         c.remove_rule(rule, prio, ctx)
         commit = self._commit(s.revision + 1, policy, c, changes=c.take_changes())
 
@@ -334,6 +335,7 @@ class Engine:
             c.settle()
 
         def abort() -> None:
+            c.restore_tuple_ids(ids)  # the kernel still has the entries under these ids
             c.add_rule(rule, prio, slot, ctx)
             c.take_changes()
 

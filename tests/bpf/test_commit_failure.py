@@ -141,6 +141,30 @@ def test_failed_commit_leaves_the_live_policy_and_leaks_nothing(
     check(plane, data.draw(st.lists(S.frame(), min_size=1, max_size=8)))
 
 
+@SETTINGS(200)
+@given(S.policy_dict(max_rules=25), st.data())
+def test_an_aborted_change_leaves_the_engine_matching_the_kernel(
+    plane: Plane, raw: dict[str, Any], data: st.DataObject
+) -> None:
+    # Found by the test above: a DeleteRule prepared and aborted (as a lockout refusal
+    # does) re-added the rule under a new tuple id while the kernel kept the old one.
+    assume(fresh_policy(plane, raw))
+    try:
+        pending = step(plane, data, 0)
+    except CapacityError:
+        pending = None
+    if pending is not None:
+        pending.abort()
+    try:
+        nxt = step(plane, data, 1)
+    except CapacityError:
+        nxt = None
+    if nxt is not None:
+        plane.run(nxt)
+    assert generations_agree(plane) == ""
+    check(plane, data.draw(st.lists(S.frame(), min_size=1, max_size=8)))
+
+
 def test_failure_after_the_flip_is_torn_not_an_error(plane: Plane) -> None:
     raw = {"rules": [{"id": "a", "action": "drop", "protocol": "udp", "dst_ports": [9]}]}
     plane.install(policy_from_dict(raw))
@@ -168,4 +192,37 @@ def test_failure_after_the_flip_is_torn_not_an_error(plane: Plane) -> None:
         plane.dp._barrier = real
         pending.finish()
     finish_settling(plane, pending.commit)  # as a restarted agent's adoption would
+    assert generations_agree(plane) == ""
+
+
+def test_the_store_write_alongside_finishes_before_the_flip_and_its_failure_undoes(
+    plane: Plane,
+) -> None:
+    raw = {"rules": [{"id": "a", "action": "drop", "protocol": "udp", "dst_ports": [9]}]}
+    plane.install(policy_from_dict(raw))
+    old = plane.engine.revision
+    seen: list[int] = []
+
+    def save() -> None:
+        seen.append(plane.dp.read_kernel().revision)  # what packets see meanwhile
+
+    moved = {"rules": [{"id": "a", "action": "drop", "protocol": "udp", "dst_ports": [10]}]}
+    pending = plane.engine.apply(policy_from_dict(moved))
+    plane.dp.commit(pending.commit, alongside=save)
+    pending.finish()
+    assert seen == [old] and plane.dp.read_kernel().revision == pending.commit.revision
+
+    def broken() -> None:
+        raise OSError(errno.ENOSPC, "injected: the disk is full")
+
+    before = plane.engine.policy
+    pending = plane.engine.apply(policy_from_dict(raw))
+    with pytest.raises(OSError, match="disk is full"):
+        try:
+            plane.dp.commit(pending.commit, alongside=broken)
+        except BaseException:
+            pending.abort()
+            raise
+    assert plane.engine.policy is before
+    assert plane.dp.read_kernel().revision == old + 1  # still the moved policy
     assert generations_agree(plane) == ""
