@@ -29,7 +29,7 @@ from fwd.bpf.sync import RcuBarrier  # noqa: E402
 from fwd.dataplane import Dataplane  # noqa: E402
 from fwd.policy.engine import Engine, Pending  # noqa: E402
 from fwd.policy.model import Action, NamedSet, Policy, PortRange, Rule, SetType  # noqa: E402
-from fwd.store import SqliteStore  # noqa: E402
+from fwd.store import SqliteStore, save_pending  # noqa: E402
 from tests import packets as P  # noqa: E402
 
 REPEAT = 200_000
@@ -83,11 +83,7 @@ class Bench:
 
         def save() -> None:
             t = time.perf_counter()
-            if pending.change is not None:
-                self.store.save_change(pending.commit.revision, pending.change)
-            else:
-                assert pending.slots is not None
-                self.store.save(pending.commit.revision, pending.policy, dict(pending.slots))
+            save_pending(self.store, pending)
             saved[0] = time.perf_counter() - t
 
         t0 = time.perf_counter()

@@ -129,13 +129,18 @@ class Dataplane:
             raise
         try:
             self._barrier.wait()
-            self._settle(c.changes)
-            self._write_sets(c.set_add, c.set_remove, live)
+            self.settle(c)
         except BaseException as exc:
             # ``c`` is live but the retired half still holds the old verdicts: the
             # next flip would bring them back. Only a full reconciliation repairs
             # that (a restarted agent adopts the kernel and aligns both halves).
             raise TornCommit(c.revision) from exc
+
+    def settle(self, c: Commit) -> None:
+        """(e) of ``commit``, once ``c`` is live: bring the retired generation level
+        with it. Idempotent: a commit torn in (e) is finished by calling it again."""
+        self._settle(c.changes)
+        self._write_sets(c.set_add, c.set_remove, 1 - self.live_generation())
 
     def _undo_inactive(self, c: Commit, new: int) -> None:
         """Make the inactive generation equal the live one again after a failed (b).

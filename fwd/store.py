@@ -19,11 +19,14 @@ import time
 from dataclasses import dataclass, replace
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fwd.errors import FwdError
 from fwd.policy.journal import replay
 from fwd.policy.model import Policy, policy_from_dict, policy_to_dict, rule_to_dict
+
+if TYPE_CHECKING:
+    from fwd.policy.engine import Pending
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS revisions (
@@ -84,6 +87,17 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def save_pending(store: Store, pending: Pending) -> None:
+    """Store the revision ``pending`` makes: a journal record for an incremental change,
+    a snapshot for a whole policy (the Datapath does this before the flip)."""
+    revision = pending.commit.revision
+    if pending.change is not None:
+        store.save_change(revision, pending.change)
+    else:
+        assert pending.slots is not None
+        store.save(revision, pending.policy, dict(pending.slots))
 
 
 class SqliteStore:

@@ -11,6 +11,7 @@ flip), then keep it (``Pending.finish``) or roll it back (``Pending.abort``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -57,7 +58,7 @@ from fwd.policy.adopt import KernelView
 from fwd.policy.compiler import fresh_slots
 from fwd.policy.engine import Engine, Pending
 from fwd.policy.model import EMPTY_POLICY, Action, NamedSet, Policy
-from fwd.store import Store
+from fwd.store import Store, save_pending
 
 log = structlog.get_logger("fwd.datapath")
 
@@ -383,7 +384,7 @@ class Datapath:
             if self._guard is not None and not force:
                 self._guard(pending.policy)
             assert adopt is None or not persist  # adoption enforces what is stored
-            save = self._saver(pending) if persist else None
+            save = functools.partial(save_pending, self._store, pending) if persist else None
             if adopt is None:
                 # Persisted before the flip (an agent restarted after it must come
                 # back with this revision, never an older one), written meanwhile.
@@ -410,16 +411,6 @@ class Datapath:
         self._stats.entries = len(self._engine.classifier.entries)
         self._stats.tuples = self._engine.classifier.tuple_count()
         return True
-
-    def _saver(self, pending: Pending) -> Callable[[], None]:
-        """Store ``pending``'s revision: a journal record, or a snapshot for a whole policy."""
-        store, revision = self._store, pending.commit.revision
-        if pending.change is not None:
-            change = pending.change
-            return lambda: store.save_change(revision, change)
-        assert pending.slots is not None
-        policy, slots = pending.policy, dict(pending.slots)
-        return lambda: store.save(revision, policy, slots)
 
     def _list_rules(self, cmd: ListRules) -> Reply[RulePage]:
         e = self._engine

@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 
 from fwd.dataplane import Dataplane, TornCommit
 from fwd.errors import BpfError, CapacityError
-from fwd.policy.engine import Commit
 from fwd.policy.model import policy_from_dict
 from tests import strategies as S
 from tests.bpf.test_dataplane import Plane, plane  # noqa: F401 - the fixture
@@ -92,11 +91,6 @@ def generations_agree(plane: Plane) -> str:
     return "; ".join(problems)
 
 
-def finish_settling(plane: Plane, c: Commit) -> None:
-    plane.dp._settle(c.changes)
-    plane.dp._write_sets(c.set_add, c.set_remove, 1 - plane.dp.live_generation())
-
-
 @SETTINGS(150)
 @given(S.policy_dict(max_rules=25), st.integers(0, 6), st.data())
 def test_failed_commit_leaves_the_live_policy_and_leaks_nothing(
@@ -129,7 +123,7 @@ def test_failed_commit_leaves_the_live_policy_and_leaks_nothing(
     else:
         pending.finish()
         if outcome == "torn":  # what a restarted agent's adoption does in effect
-            finish_settling(plane, pending.commit)
+            plane.dp.settle(pending.commit)
     # The next change brings its own state, and nothing of the failed one, live.
     try:
         nxt = step(plane, data, 1)
@@ -191,7 +185,7 @@ def test_failure_after_the_flip_is_torn_not_an_error(plane: Plane) -> None:
     finally:
         plane.dp._barrier = real
         pending.finish()
-    finish_settling(plane, pending.commit)  # as a restarted agent's adoption would
+    plane.dp.settle(pending.commit)  # as a restarted agent's adoption would
     assert generations_agree(plane) == ""
 
 
