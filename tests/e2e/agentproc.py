@@ -107,3 +107,13 @@ def xdp_prog_id(ns: str, dev: str) -> int:
     for attached in xdp.get("attached", []):
         return int(attached["prog"]["id"])
     return 0
+
+
+def stop_lab(agent: AgentProcess | None, net: Netns) -> None:
+    """A lab fixture's teardown: the agent (if it started) exits 0, every namespace,
+    link and pin the lab made is gone."""
+    if agent is not None and agent.proc is not None:
+        code = agent.stop()
+        assert code == 0, f"agent exit {code}:\n{agent.log()[-4000:]}"
+    errors = net.cleanup()
+    assert not errors, errors

@@ -25,7 +25,7 @@ from fwd.api import convert
 from fwd.api.client import Client
 from fwd.api.gen.fwd import v1 as pb
 from fwd.policy.model import policy_from_dict
-from tests.e2e.agentproc import UDP, AgentProcess, udp_count, xdp_prog_id
+from tests.e2e.agentproc import AgentProcess, UDP, stop_lab, udp_count, xdp_prog_id
 from tests.netns import Netns, run, run_in
 
 pytestmark = pytest.mark.root
@@ -95,11 +95,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         agent.start()
         yield Lab(net, a, b, c, agent)
     finally:
-        if agent is not None and agent.proc is not None:
-            code = agent.stop()
-            assert code == 0, f"agent exit {code}:\n{agent.log()[-4000:]}"
-        errors = net.cleanup()
-        assert not errors, errors
+        stop_lab(agent, net)
 
 
 def test_interfaces_attached_natively(lab: Lab) -> None:

@@ -30,7 +30,7 @@ from fwd.api.client import Client
 from fwd.api.gen.fwd import v1 as pb
 from fwd.policy.model import policy_from_dict
 from tests import packets as P
-from tests.e2e.agentproc import AgentProcess
+from tests.e2e.agentproc import AgentProcess, stop_lab
 from tests.netns import Netns, entered
 
 pytestmark = pytest.mark.root
@@ -101,11 +101,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         agent.start()
         yield Lab(net, s, r, agent, obj)
     finally:
-        if agent is not None and agent.proc is not None:
-            code = agent.stop()
-            assert code == 0, f"agent exit {code}:\n{agent.log()[-4000:]}"
-        errors = net.cleanup()
-        assert not errors, errors
+        stop_lab(agent, net)
 
 
 @dataclass

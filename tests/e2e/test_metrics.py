@@ -28,7 +28,7 @@ from fwd.bpf import abi, libbpf
 from fwd.bpf.maps import Map
 from fwd.metrics.kernel import IF_STATS_MAP, IfCounters, read_if_stats
 from fwd.policy.model import policy_from_dict
-from tests.e2e.agentproc import AgentProcess, udp_count
+from tests.e2e.agentproc import AgentProcess, stop_lab, udp_count
 from tests.netns import Netns, run_in
 
 pytestmark = pytest.mark.root
@@ -107,11 +107,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         agent.start()
         yield Lab(net, a, b, agent)
     finally:
-        if agent is not None and agent.proc is not None:
-            code = agent.stop()
-            assert code == 0, f"agent exit {code}:\n{agent.log()[-4000:]}"
-        errors = net.cleanup()
-        assert not errors, errors
+        stop_lab(agent, net)
 
 
 def test_rule_counters_equal_the_packets_sent(lab: Lab) -> None:
