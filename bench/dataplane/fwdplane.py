@@ -5,8 +5,9 @@ compiler touches one function each:
 
 * :class:`Plane` (per-packet cost): the compiled object loaded in this process,
   policies installed the way the agent's Datapath does it (and the way
-  ``tests/bpf/test_dataplane.py``'s ``Plane`` does): compile for the inactive
-  generation, install, flip, RCU barrier. :meth:`Plane.install` is the one
+  ``tests/bpf/test_dataplane.py``'s ``Plane`` does): ``Engine.apply`` compiles
+  the change, ``Dataplane.commit`` writes the inactive generation, flips it and
+  waits for the RCU barrier. :meth:`Plane.install` is the one
   "install a policy of N rules" step.
 * :class:`Agent` (veth drop rate): the real ``fwd agent`` process in the
   receiving namespace (``tests/e2e/agentproc.py``), policies applied and
@@ -26,7 +27,7 @@ from fwd.api.client import Client
 from fwd.bpf.objects import BpfObject, Program
 from fwd.bpf.sync import RcuBarrier
 from fwd.dataplane import Dataplane
-from fwd.policy.compiler import assign_slots, fresh_slots
+from fwd.policy.engine import Engine
 from fwd.policy.model import policy_from_dict
 from tests.e2e.agentproc import AgentProcess
 from tests.netns import BPFFS, Netns
@@ -43,7 +44,8 @@ def build_object() -> Path:
 
 
 class Plane:
-    """A loaded fwd object with a Dataplane, as the agent builds it. Close it when done."""
+    """A loaded fwd object with an Engine and a Dataplane, as the Datapath actor builds them
+    (and as ``tests/bpf/test_dataplane.py``'s ``Plane`` does). Close it when done."""
 
     def __init__(self) -> None:
         self.obj = BpfObject.open(build_object())
@@ -53,20 +55,29 @@ class Plane:
             maps = self.obj.maps()
             self.barrier = RcuBarrier()
             self.dp = Dataplane(maps, maps["fwd_counters"].ncpus, self.barrier)
+            self.engine = Engine()
         except BaseException:
             self.obj.close()
             raise
-        self.slots: dict[str, int] = {}
-        self.revision = 0
+
+    @property
+    def slots(self) -> dict[str, int]:
+        """Counter slot of each rule id of the enforced policy."""
+        return self.engine.slots
 
     def install(self, raw_policy: dict[str, Any]) -> None:
-        """Compile and install a policy (as a policy file's dict) atomically."""
-        policy = policy_from_dict(raw_policy)
-        slots = assign_slots(self.slots, [r.id for r in policy.rules])
-        self.revision += 1
-        compiled = self.dp.compile(policy, self.revision, slots=slots, ifindexes={"lo": LO})
-        self.dp.install(compiled, self.revision, fresh_slots(self.slots, slots))
-        self.slots = slots
+        """Compile and install a policy (as a policy file's dict) atomically.
+
+        Raises what the agent would answer with (``fwd.errors.FwdError``: e.g. a
+        CapacityError when the policy does not fit); the enforced policy stays.
+        """
+        pending = self.engine.apply(policy_from_dict(raw_policy), ifindexes={"lo": LO})
+        try:
+            self.dp.commit(pending.commit)
+        except BaseException:
+            pending.abort()
+            raise
+        pending.finish()
 
     def packets(self, rule_id: str | None) -> int:
         """Packets counted for ``rule_id`` (None: the default action's slot)."""
