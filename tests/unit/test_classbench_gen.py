@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,24 @@ def test_generated_files_round_trip(tmp_path: Path) -> None:
     assert (loaded.rules, loaded.trace) == (rules.load_rules(rp), headers)
     with pytest.raises(ValueError, match="unknown set"):
         sets.load("nope_1k")
+
+
+def test_veth_set_moved_into_the_benchmark_range() -> None:
+    from bench.classbench import veth
+
+    model = gen.Model.of("fw1_8k", rules.load_rules("fw1_8k"))
+    drawn = gen.generate(model, 800, 4)
+    headers = gen.trace(drawn, 4)
+    picked = veth.pick_frame(drawn, headers)
+    moved, h = picked.rules, picked.header
+    assert (h.src >> 17, h.dst >> 17) == (0xC612 >> 1, 0xC613 >> 1)  # both in 198.18.0.0/15
+    assert [(r.src_len, r.dst_len, r.sport, r.dport, r.proto) for r in moved] == [
+        (r.src_len, r.dst_len, r.sport, r.dport, r.proto) for r in drawn]
+    # XOR keeps every decision: each header moved the same way is decided by the same rule.
+    before = expected(rules.translate(drawn, "a").policy(), headers)
+    shifted = [replace(x, src=x.src ^ picked.c_src, dst=x.dst ^ picked.c_dst) for x in headers]
+    after = expected(rules.translate(moved, "b").policy(), shifted)
+    assert [d.rule_id for d in before.decisions] == [d.rule_id for d in after.decisions]
+    assert after.decisions[shifted.index(h)].rule_id == picked.rule_id
+    chain = veth.nft_chain(rules.translate(moved, "c", actions=rules.all_drop).raw, "t", "r0")
+    assert chain.count("counter drop") == len(moved)
