@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fwd import heap  # noqa: E402
-from fwd.bpf.objects import BpfObject  # noqa: E402
-from fwd.bpf.sync import RcuBarrier  # noqa: E402
-from fwd.dataplane import Dataplane  # noqa: E402
+from fwd.kernel.objects import BpfObject  # noqa: E402
+from fwd.kernel.rcu import RcuBarrier  # noqa: E402
+from fwd.kernel.dataplane import Dataplane  # noqa: E402
 from fwd.policy.engine import Engine, Pending  # noqa: E402
 from fwd.policy.model import Action, NamedSet, Policy, PortRange, Rule, SetType  # noqa: E402
 from fwd.store import SqliteStore, save_pending  # noqa: E402

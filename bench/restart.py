@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.controlplane import mixed, uniform  # noqa: E402
-from fwd.bpf import pins  # noqa: E402
-from fwd.bpf.objects import BpfObject  # noqa: E402
-from fwd.bpf.sync import RcuBarrier  # noqa: E402
-from fwd.dataplane import Dataplane  # noqa: E402
+from fwd.kernel import pins  # noqa: E402
+from fwd.kernel.objects import BpfObject  # noqa: E402
+from fwd.kernel.rcu import RcuBarrier  # noqa: E402
+from fwd.kernel.dataplane import Dataplane  # noqa: E402
 from fwd.policy.engine import Engine  # noqa: E402
 from fwd.policy.model import Policy  # noqa: E402
 

@@ -34,16 +34,16 @@ from fwd.actors.datapath import Datapath
 from fwd.actors.discovery import Discovery
 from fwd.actors.events import Events
 from fwd.actors.links import Links
-from fwd.api.metrics import GrpcMetrics
-from fwd.api.server import Api
-from fwd.bpf import pins
-from fwd.bpf.objects import BpfObject
-from fwd.bpf.objpath import default_object_path
-from fwd.bpf.ringbuf import RingBuffer, configure_events, kernel_event_stats
-from fwd.bpf.sync import RcuBarrier
-from fwd.dataplane import Dataplane
+from fwd.metrics.grpc import GrpcMetrics
+from fwd.actors.api import Api
+from fwd.kernel import pins
+from fwd.kernel.objects import BpfObject
+from fwd.kernel.objpath import default_object_path
+from fwd.kernel.ringbuf import RingBuffer, configure_events, kernel_event_stats
+from fwd.kernel.rcu import RcuBarrier
+from fwd.kernel.dataplane import Dataplane
 from fwd.errors import FwdError
-from fwd.looplag import LoopLagMonitor
+from fwd.actors.looplag import LoopLagMonitor
 from fwd.messages import (
     Adoption,
     ConfirmCommand,
@@ -56,13 +56,13 @@ from fwd.messages import (
 )
 from fwd.metrics.collector import Snapshot
 from fwd.metrics.kernel import IF_STATS_MAP, read_if_stats
-from fwd.metrics.server import MetricsServer
+from fwd.actors.metrics import MetricsServer
 from fwd.policy.lockout import Service, check_lockout, parse_prefixes
 from fwd.policy.model import Policy
 from fwd.store import SqliteStore
 
 if TYPE_CHECKING:
-    from fwd.cluster.supervise import ClusterMode
+    from fwd.actors.cluster import ClusterMode
 
 log = structlog.get_logger("fwd.agent")
 
@@ -165,7 +165,7 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
             loop_lag = LoopLagMonitor()
             if settings.cluster:
                 # Lazily: local mode never loads the etcd client.
-                from fwd.cluster.supervise import ClusterMode
+                from fwd.actors.cluster import ClusterMode
 
                 cluster = ClusterMode(settings, dp_cmd_tx.clone(), ifreq_tx.clone())
             api = Api(

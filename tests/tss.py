@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from fwd.bpf import abi
+from fwd.core import abi
 from fwd.policy.compiler import KEY, VERDICT
 from fwd.policy.engine import Engine
 from fwd.policy.reference import XDP_DROP, XDP_PASS, Decision, PacketKind, ParsedPacket

@@ -24,8 +24,8 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from fwd.cluster.etcd import EtcdClient
-from fwd.cluster.fake import RecordingDatapath
-from fwd.cluster.sync import ClusterSync, SyncConfig
+from fwd.testing.recording import RecordingDatapath
+from fwd.actors.cluster_sync import ClusterSync, SyncConfig
 from fwd.messages import DatapathCommand
 
 

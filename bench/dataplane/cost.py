@@ -16,7 +16,7 @@ from bench.dataplane import workload
 from bench.dataplane.engines import XdpFilter
 from bench.dataplane.fwdplane import Plane
 from bench.dataplane.kernel import Cost, cost_ns, pinned_to
-from fwd.bpf.objects import Program
+from fwd.kernel.objects import Program
 from tests.netns import Netns
 
 XDP_DROP, XDP_PASS = 1, 2

@@ -24,8 +24,8 @@ import subprocess
 from collections.abc import Iterable, Sequence
 
 from bench.dataplane.kernel import map_by_id, program_by_id
-from fwd.bpf.maps import Map
-from fwd.bpf.objects import Program
+from fwd.kernel.maps import Map
+from fwd.kernel.objects import Program
 from tests.e2e.agentproc import xdp_prog_id
 from tests.netns import run
 

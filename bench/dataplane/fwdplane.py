@@ -24,9 +24,9 @@ from typing import Any
 import anyio
 
 from fwd.api.client import Client
-from fwd.bpf.objects import BpfObject, Program
-from fwd.bpf.sync import RcuBarrier
-from fwd.dataplane import Dataplane
+from fwd.kernel.objects import BpfObject, Program
+from fwd.kernel.rcu import RcuBarrier
+from fwd.kernel.dataplane import Dataplane
 from fwd.policy.engine import Engine
 from fwd.policy.model import policy_from_dict
 from tests.e2e.agentproc import AgentProcess

@@ -33,9 +33,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fwd.bpf import libbpf
-from fwd.bpf.maps import Map
-from fwd.bpf.objects import BpfObject, Program
+from fwd.kernel import libbpf
+from fwd.kernel.maps import Map
+from fwd.kernel.objects import BpfObject, Program
 
 HERE = Path(__file__).resolve().parent
 # include/uapi/linux/bpf.h (checked against /usr/include/linux/bpf.h at start-up).

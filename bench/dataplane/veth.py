@@ -33,8 +33,8 @@ from bench.dataplane.cost import Log
 from bench.dataplane.engines import Nftables, XdpFilter
 from bench.dataplane.fwdplane import Agent
 from bench.dataplane.kernel import Injection, inject
-from fwd.bpf.objects import BpfObject
-from fwd.bpf.xdp import attach_xdp
+from fwd.kernel.objects import BpfObject
+from fwd.kernel.xdp import attach_xdp
 from fwd.messages import AttachMode
 from tests.netns import Netns, entered, run
 

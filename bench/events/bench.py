@@ -32,12 +32,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from fwd.actors.events import Events  # noqa: E402
-from fwd.bpf.objects import BpfObject  # noqa: E402
-from fwd.bpf.ringbuf import RingBuffer, configure_events, kernel_event_stats  # noqa: E402
-from fwd.bpf.sync import RcuBarrier  # noqa: E402
-from fwd.bpf.xdp import attach_xdp  # noqa: E402
-from fwd.dataplane import Dataplane  # noqa: E402
-from fwd.events import EventFilter  # noqa: E402
+from fwd.kernel.objects import BpfObject  # noqa: E402
+from fwd.kernel.ringbuf import RingBuffer, configure_events, kernel_event_stats  # noqa: E402
+from fwd.kernel.rcu import RcuBarrier  # noqa: E402
+from fwd.kernel.xdp import attach_xdp  # noqa: E402
+from fwd.kernel.dataplane import Dataplane  # noqa: E402
+from fwd.core.records import EventFilter  # noqa: E402
 from fwd.messages import AttachMode, EventBatch, EventsCommand, Reply, SlotNames, Subscribe  # noqa: E402
 from fwd.policy.compiler import assign_slots  # noqa: E402
 from fwd.policy.model import policy_from_dict  # noqa: E402

@@ -54,7 +54,7 @@ FRAME = P.eth_ipv4("198.18.0.1", "198.18.0.2", P.UDP, P.udp(40000, 9, b"x" * 18)
 POLICY = {"default_action": "allow", "rules": [
     {"id": "flood", "action": "drop", "protocol": "udp", "log": True}]}
 LAG = "fwd_event_loop_lag_seconds"
-LAG_INTERVAL = 0.010  # fwd.looplag.DEFAULT_INTERVAL: the agent's monitor sleeps this long
+LAG_INTERVAL = 0.010  # fwd.actors.looplag.DEFAULT_INTERVAL: the agent's monitor sleeps this long
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 

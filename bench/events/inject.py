@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from fwd.bpf import libbpf  # noqa: E402
-from fwd.bpf.objects import BpfObject  # noqa: E402
+from fwd.kernel import libbpf  # noqa: E402
+from fwd.kernel.objects import BpfObject  # noqa: E402
 
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
 

@@ -35,14 +35,14 @@ from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server
 
 from fwd import messages
-from fwd.api import cluster as cluster_api
+from fwd.api.services import cluster as cluster_api
 from fwd.api import convert, policystream, tls, wire
 from fwd.api.fastwire import BatchEncoder, EncodedEventBatch
 from fwd.api.gen.fwd import v1 as pb
 from fwd.api.gen.google_proto_descriptor_pool import (
     default_google_proto_descriptor_pool,
 )
-from fwd.cluster.messages import GetSyncState, SyncState
+from fwd.messages import GetSyncState, SyncState
 from fwd.errors import (
     BpfError,
     CapacityError,
@@ -53,7 +53,7 @@ from fwd.errors import (
     PreconditionFailed,
     RevisionMismatch,
 )
-from fwd.events import EventFilter
+from fwd.core.records import EventFilter
 from fwd.messages import DatapathCommand, ListInterfaces, Reply, Settings
 from fwd.policy import model
 from fwd.policy.model import Action
@@ -62,7 +62,7 @@ from fwd.policy.lockout import LockoutError
 if TYPE_CHECKING:
     from grpclib._typing import IServable
 
-    from fwd.api.metrics import GrpcMetrics
+    from fwd.metrics.grpc import GrpcMetrics
 
 log = structlog.get_logger("fwd.api")
 

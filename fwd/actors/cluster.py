@@ -24,12 +24,12 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
-from fwd.cluster.admin import ClusterAdmin
+from fwd.actors.cluster_admin import ClusterAdmin
 from fwd.cluster.etcd import EtcdClient
 from fwd.cluster.layout import Layout, check_node_name
-from fwd.cluster.messages import GetSyncState
+from fwd.messages import GetSyncState
 from fwd.cluster.selector import parse_labels
-from fwd.cluster.sync import ClusterSync, SyncConfig
+from fwd.actors.cluster_sync import ClusterSync, SyncConfig
 from fwd.messages import ClusterAdminCommand, DatapathCommand, ListInterfaces, Settings
 
 Starter = Callable[..., Coroutine[Any, Any, Any]]

@@ -1,6 +1,6 @@
 """The ClusterAdmin actor: the API's reads and writes of etcd in cluster mode.
 
-The Api sends it ``ClusterAdminCommand``s (fwd/messages.py) and awaits the reply,
+The Api sends it ``ClusterAdminCommand``s (fwd/messages/) and awaits the reply,
 as it does with the Datapath; this actor alone holds the etcd connection the
 API uses (the ClusterSync actor has its own, so a slow admin call never holds
 up a watch). Each command runs in its own task: etcd serves them concurrently
@@ -50,7 +50,7 @@ from fwd.messages import (
     SetNodeLabels,
 )
 
-log = structlog.get_logger("fwd.cluster.admin")
+log = structlog.get_logger("fwd.actors.cluster_admin")
 
 LABEL_RETRIES = 5
 

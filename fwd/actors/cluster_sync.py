@@ -42,7 +42,7 @@ from fwd.cluster.layout import (
     encode_status,
 )
 from fwd.cluster.merge import merge, policy_hash
-from fwd.cluster.messages import ClusterCommand, GetSyncState, SyncState
+from fwd.messages import ClusterCommand, GetSyncState, SyncState
 from fwd.cluster.view import NodeView
 from fwd.errors import FwdError
 from fwd.messages import (

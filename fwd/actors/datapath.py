@@ -23,8 +23,8 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from fwd import heap
-from fwd.bpf import abi
-from fwd.dataplane import Dataplane, TornCommit
+from fwd.core import abi
+from fwd.kernel.dataplane import Dataplane, TornCommit
 from fwd.errors import FwdError, PolicyError, RevisionMismatch
 from fwd.messages import (
     AddRule,
@@ -111,7 +111,7 @@ class Datapath:
         force_dry_run: bool = False,
         adoption: Adoption | None = None,
     ) -> None:
-        # Which maps the agent took over from pins (fwd.bpf.pins); completed at start
+        # Which maps the agent took over from pins (fwd.kernel.pins); completed at start
         # with what the kernel enforced and what the reconcile changed.
         self._adoption = adoption or Adoption()
         # fwd agent --dry-run: every policy this agent enforces is put in dry-run.

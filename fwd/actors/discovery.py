@@ -26,7 +26,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
 from fwd.messages import LinkEvent
-from fwd.netlink import link_event_from_msg, resync_event
+from fwd.core.netlink import link_event_from_msg, resync_event
 
 log = structlog.get_logger("fwd.discovery")
 

@@ -2,7 +2,7 @@
 
 It wakes when the ring buffer's fd is readable, takes at most ``budget``
 records per batch and yields to the event loop between batches (so a flood
-never stalls the loop), decodes them (:mod:`fwd.events`) and offers each
+never stalls the loop), decodes them (:mod:`fwd.core.records`) and offers each
 subscriber the events its filter accepts, with ``send_nowait``: a subscriber
 whose stream is full loses them (counted, and told in its next
 :class:`~fwd.messages.EventBatch`), and never slows the others (STYLE.md 5).
@@ -25,7 +25,7 @@ import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from fwd.events import (
+from fwd.core.records import (
     DecodeError,
     Decoder,
     DropEvent,
@@ -35,14 +35,14 @@ from fwd.events import (
 )
 from fwd.messages import EventBatch, EventsCommand, Reply, SlotNames, Subscribe
 
-log = structlog.get_logger("fwd.events")
+log = structlog.get_logger("fwd.core.records")
 
 DEFAULT_BUDGET = 512
 _MATCH_ALL = EventFilter()
 
 
 class RingReader(Protocol):
-    """What the actor needs of :class:`fwd.bpf.ringbuf.RingBuffer` (a fake can stand in)."""
+    """What the actor needs of :class:`fwd.kernel.ringbuf.RingBuffer` (a fake can stand in)."""
 
     def fileno(self) -> int: ...
 

@@ -43,7 +43,7 @@ LOOPBACK = "lo"
 
 
 class AttachedLink(Protocol):
-    """What Links needs of an attachment (fwd.bpf.xdp.XdpLink provides it)."""
+    """What Links needs of an attachment (fwd.kernel.xdp.XdpLink provides it)."""
 
     @property
     def id(self) -> int: ...
@@ -59,7 +59,7 @@ class AttachedLink(Protocol):
 
 
 class Attacher(Protocol):
-    """The I/O seam: the real one wraps fwd.bpf.xdp, tests may pass a fake."""
+    """The I/O seam: the real one wraps fwd.kernel.xdp, tests may pass a fake."""
 
     def attach(self, prog_fd: int, ifindex: int) -> tuple[AttachedLink, AttachMode]: ...
 
@@ -74,18 +74,18 @@ class XdpAttacher:
     """The real attacher: best XDP mode via a bpf_link (offload, native, generic)."""
 
     def attach(self, prog_fd: int, ifindex: int) -> tuple[AttachedLink, AttachMode]:
-        from fwd.bpf.xdp import attach_xdp_best
+        from fwd.kernel.xdp import attach_xdp_best
 
         return attach_xdp_best(prog_fd, ifindex)
 
     def detach(self, link: AttachedLink) -> None:
-        from fwd.bpf.xdp import XdpLink
+        from fwd.kernel.xdp import XdpLink
 
         assert isinstance(link, XdpLink)
         link.detach()
 
     def adopt(self, prog_fd: int, path: Path) -> tuple[AttachedLink, AttachMode]:
-        from fwd.bpf.xdp import XdpLink, query_xdp
+        from fwd.kernel.xdp import XdpLink, query_xdp
 
         link = XdpLink.open_pinned(path)
         try:

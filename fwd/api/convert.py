@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fwd import messages
-from fwd.events import DropEvent
+from fwd.core.records import DropEvent
 from fwd.api.gen.fwd import v1 as pb
 from fwd.errors import PolicyError
 from fwd.policy import model

@@ -14,7 +14,7 @@ from typing import Any
 
 from fwd.api import wire
 from fwd.api.gen.fwd import v1 as pb
-from fwd.events import DropEvent
+from fwd.core.records import DropEvent
 from fwd.policy.model import Action
 
 _ACTION = {Action.ALLOW: int(pb.Action.ALLOW), Action.DROP: int(pb.Action.DROP)}
@@ -99,7 +99,7 @@ class EventEncoder:
     Events of a flood differ only in their time, so the rest of the message
     (fields 2-17) is cached per distinct event, keyed by its scalar fields and
     the *identity* of its address objects (hashing an ``ipaddress`` object
-    runs Python code; :class:`fwd.events.Decoder` hands out the same objects
+    runs Python code; :class:`fwd.core.records.Decoder` hands out the same objects
     for repeated records, and the cache keeps them alive and checks identity,
     so a reused id can never alias). The time is a 64-bit varint whose upper
     bits change every 0.27 s: only its low 28 bits are encoded per event.

@@ -104,7 +104,7 @@ class ApplyPolicyRequest:
         self.expect_revision = head.expect_revision
         self.force = head.force
         self.confirm_within_seconds = head.confirm_within_seconds
-        # Cluster mode (fwd/api/cluster.py): which etcd policy this is.
+        # Cluster mode (fwd/api/services/cluster.py): which etcd policy this is.
         self.name = head.name
         self.selector = head.selector
         self.priority = head.priority

@@ -25,9 +25,9 @@ from grpclib.exceptions import StreamTerminatedError
 from fwd.api.client import SOCKET_ENV, AgentUnreachable, Client, default_socket
 from fwd.api.convert import policy_from_proto
 from fwd.api.gen.fwd import v1 as pb
-from fwd import cli_cluster, cli_rules
+from fwd.cli import cluster as cli_cluster, rules as cli_rules
 from fwd.api.tls import client_context
-from fwd.bpf import abi
+from fwd.core import abi
 from fwd.errors import PolicyError
 from fwd.messages import Settings
 from fwd.policy.files import dump_policy_yaml, load_policy_file
@@ -311,7 +311,7 @@ def _run_client(command: Command, args: argparse.Namespace, out: TextIO, err: Te
 
 def _agent(args: argparse.Namespace) -> int:
     if args.cleanup:
-        from fwd.cleanup import cleanup
+        from fwd.kernel.cleanup import cleanup
         from fwd.errors import FwdError
 
         try:

@@ -2,7 +2,7 @@
 
 ``cluster_view`` turns the labels and status keys into one ``NodeView`` per
 node; ``wait_state`` says which selected nodes are still behind a revision.
-No I/O here: ``fwd.cluster.admin`` reads etcd and calls these.
+No I/O here: ``fwd.actors.cluster_admin`` reads etcd and calls these.
 
 A node is *live* while its status record exists: the record is attached to the
 agent's lease, so etcd deletes it when the agent stops renewing (crash,

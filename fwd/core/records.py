@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, NamedTuple
 
-from fwd.bpf import abi
+from fwd.core import abi
 from fwd.policy.model import Action
 
 IPAddress = IPv4Address | IPv6Address

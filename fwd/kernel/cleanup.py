@@ -13,10 +13,10 @@ from pathlib import Path
 
 import structlog
 
-from fwd.bpf.xdp import XdpLink
+from fwd.kernel.xdp import XdpLink
 from fwd.errors import FwdError
 
-log = structlog.get_logger("fwd.cleanup")
+log = structlog.get_logger("fwd.kernel.cleanup")
 
 
 def cleanup(bpffs_dir: str | Path) -> list[str]:

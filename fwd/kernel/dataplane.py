@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Protocol
 
-from fwd.bpf import abi
+from fwd.core import abi
 from fwd.policy.adopt import KernelView
 from fwd.policy.compiler import ABSENT, Change
 from fwd.policy.engine import Commit
@@ -37,7 +37,7 @@ class TornCommit(RuntimeError):
 
 
 class MapLike(Protocol):
-    """What the dataplane needs of fwd.bpf.objects.Map (a fake can stand in)."""
+    """What the dataplane needs of fwd.kernel.objects.Map (a fake can stand in)."""
 
     @property
     def value_size(self) -> int: ...

@@ -1,6 +1,6 @@
 """The owner-handle base shared by programs, maps and links.
 
-A handle is either *borrowed* from a :class:`fwd.bpf.objects.BpfObject` (the
+A handle is either *borrowed* from a :class:`fwd.kernel.objects.BpfObject` (the
 object owns the fd; closing the object invalidates the handle) or *owns* a file
 descriptor of its own (opened from a bpffs pin, or a link). Either way, any use
 after close raises :class:`fwd.errors.BpfError` instead of touching a dead or,
@@ -15,7 +15,7 @@ import os
 from types import TracebackType
 from typing import Protocol, Self
 
-from fwd.bpf import libbpf
+from fwd.kernel import libbpf
 from fwd.errors import BpfError
 
 

@@ -14,7 +14,7 @@ their ``sz`` field is set by :func:`new_opts` and their sizes are asserted at
 import so a layout mistake fails here and not inside the kernel.
 
 Handles (``struct bpf_object *`` and friends) are plain ``c_void_p`` addresses;
-:mod:`fwd.bpf.objects` wraps each in an owner class that refuses use after close.
+:mod:`fwd.kernel.objects` wraps each in an owner class that refuses use after close.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 from fwd.errors import BpfError
 
-log = logging.getLogger("fwd.bpf.libbpf")
+log = logging.getLogger("fwd.kernel.libbpf")
 
 try:
     _lib = ctypes.CDLL("libbpf.so.1", use_errno=True)

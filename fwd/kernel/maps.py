@@ -1,7 +1,7 @@
 """BPF map handles: element and batch operations with sizes checked in Python.
 
 Keys and values are ``bytes`` in the kernel's layout (build them with the
-ctypes structs of :mod:`fwd.bpf.abi`). Sizes are checked before any syscall:
+ctypes structs of :mod:`fwd.core.abi`). Sizes are checked before any syscall:
 the kernel reads exactly ``key_size`` bytes from whatever pointer it gets, so
 a short buffer would be an out-of-bounds read, not an error.
 
@@ -17,12 +17,12 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from fwd.bpf import libbpf
-from fwd.bpf.handle import Handle
+from fwd.kernel import libbpf
+from fwd.kernel.handle import Handle
 from fwd.errors import BpfError
 
 if TYPE_CHECKING:
-    from fwd.bpf.objects import BpfObject
+    from fwd.kernel.objects import BpfObject
 
 # Batch calls a map type does not implement answer ENOTSUPP (or EOPNOTSUPP).
 _NO_BATCH = frozenset({libbpf.ENOTSUPP, errno.EOPNOTSUPP})
@@ -88,7 +88,7 @@ class Map(Handle):
 
     @property
     def type(self) -> int:
-        """The map type (``BPF_MAP_TYPE_*`` in :mod:`fwd.bpf.libbpf`)."""
+        """The map type (``BPF_MAP_TYPE_*`` in :mod:`fwd.kernel.libbpf`)."""
         return self._shape()[0]
 
     @property

@@ -1,7 +1,7 @@
 """Owner classes over libbpf: a BPF object file and the programs in it.
 
 ``BpfObject`` owns a ``struct bpf_object *``; the :class:`Program` and
-:class:`~fwd.bpf.maps.Map` handles it hands out borrow its fds, so closing the
+:class:`~fwd.kernel.maps.Map` handles it hands out borrow its fds, so closing the
 object invalidates them and any later use raises BpfError. Programs and maps
 opened from a bpffs pin own their fd instead.
 
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-from fwd.bpf import libbpf
-from fwd.bpf.handle import Handle
-from fwd.bpf.maps import Map, map_from_pinned
+from fwd.kernel import libbpf
+from fwd.kernel.handle import Handle
+from fwd.kernel.maps import Map, map_from_pinned
 from fwd.errors import BpfError
 
 __all__ = [

@@ -27,9 +27,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from fwd.bpf.handle import Handle
-from fwd.bpf.maps import Map
-from fwd.bpf.objects import BpfObject, Program
+from fwd.kernel.handle import Handle
+from fwd.kernel.maps import Map
+from fwd.kernel.objects import BpfObject, Program
 from fwd.errors import BpfError
 
 MAPS_DIR = "maps"

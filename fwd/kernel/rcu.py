@@ -14,7 +14,7 @@ import ctypes
 import os
 import struct
 
-from fwd.bpf import libbpf
+from fwd.kernel import libbpf
 
 _ZERO = struct.pack("=I", 0)
 

@@ -46,9 +46,10 @@ import struct
 from types import TracebackType
 from typing import Protocol, Self
 
-from fwd.bpf import abi, libbpf
+from fwd.core import abi
+from fwd.kernel import libbpf
 from fwd.errors import BpfError
-from fwd.events import KernelEventStats, sum_event_stats
+from fwd.core.records import KernelEventStats, sum_event_stats
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30

@@ -14,9 +14,9 @@ import os
 
 import structlog
 
-from fwd.bpf import libbpf
-from fwd.bpf.handle import Handle
-from fwd.bpf.objects import Program
+from fwd.kernel import libbpf
+from fwd.kernel.handle import Handle
+from fwd.kernel.objects import Program
 from fwd.errors import BpfError, LinkError
 from fwd.messages import AttachMode
 

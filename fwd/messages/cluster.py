@@ -1,4 +1,4 @@
-"""Messages to and from the ClusterSync actor (the cluster-mode part of fwd/messages.py).
+"""Messages to and from the ClusterSync actor (the cluster-mode part of fwd/messages/).
 
 Kept beside the cluster package so that local mode imports nothing of it.
 """
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from anyio.streams.memory import MemoryObjectSendStream
 
-from fwd.messages import Reply
+from fwd.messages.datapath import Reply
 from fwd.policy.model import EMPTY_POLICY, Policy
 
 

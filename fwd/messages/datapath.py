@@ -13,7 +13,7 @@ from typing import Generic, TypeVar
 
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from fwd.events import DropEvent, EventFilter
+from fwd.core.records import DropEvent, EventFilter
 from fwd.policy.model import Policy, Rule, SetType
 
 T = TypeVar("T")

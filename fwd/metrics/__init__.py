@@ -5,6 +5,6 @@
 - :mod:`.server`: the HTTP endpoint (a thread) and its actor;
 - :mod:`.addr`: ``HOST:PORT`` parsing, light enough for the CLI.
 
-gRPC request durations are observed in :mod:`fwd.api.metrics`. The package
+gRPC request durations are observed in :mod:`fwd.metrics.grpc`. The package
 imports nothing itself so ``fwd.metrics.addr`` stays cheap.
 """

@@ -35,9 +35,9 @@ from prometheus_client.metrics_core import (
 from fwd.actors.datapath import DatapathStatistics
 from fwd.actors.discovery import DiscoveryStatistics
 from fwd.actors.links import LinksStatistics
-from fwd.bpf import abi
-from fwd.dataplane import SlotCounters
-from fwd.looplag import LoopLagStatistics
+from fwd.core import abi
+from fwd.kernel.dataplane import SlotCounters
+from fwd.actors.looplag import LoopLagStatistics
 from fwd.messages import InterfaceStatus, LinkState, RuleTable
 from fwd.metrics.kernel import VERDICTS, IfCounters
 
@@ -79,7 +79,7 @@ class Snapshot:
 
 
 class CounterReader(Protocol):
-    """Per-slot rule counters, summed over CPUs (fwd.dataplane.Dataplane provides it)."""
+    """Per-slot rule counters, summed over CPUs (fwd.kernel.dataplane.Dataplane provides it)."""
 
     def read_counters_batch(self, slots: Sequence[int]) -> Mapping[int, SlotCounters]: ...
 

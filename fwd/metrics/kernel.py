@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from fwd.bpf import abi
+from fwd.core import abi
 
 IF_STATS_MAP = "fwd_if_stats"
 _U32 = struct.Struct("=I")
@@ -31,7 +31,7 @@ VERDICTS = {
 
 
 class BatchReadable(Protocol):
-    """What reading needs of fwd.bpf.maps.Map (a fake can stand in)."""
+    """What reading needs of fwd.kernel.maps.Map (a fake can stand in)."""
 
     @property
     def value_size(self) -> int: ...

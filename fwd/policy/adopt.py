@@ -1,6 +1,6 @@
 """Taking over a kernel that already enforces a policy (pure: no kernel, no I/O).
 
-A restarted agent finds the previous agent's maps (fwd.bpf.pins). Their
+A restarted agent finds the previous agent's maps (fwd.kernel.pins). Their
 contents, read once (:class:`KernelView`), are the "before" of the first
 commit instead of an empty map: the commit changes only the entries, set
 elements, tuples and settings that differ from the desired policy, and when
@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from fwd.bpf import abi
+from fwd.core import abi
 from fwd.policy.compiler import ADDR_MASKS, TUPLE, VERDICT, Change
 from fwd.policy.expand import Sig
 from fwd.policy.setkeys import SET_KEY_SIZE

@@ -25,7 +25,7 @@ import struct
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
-from fwd.bpf import abi
+from fwd.core import abi
 from fwd.errors import CapacityError
 from fwd.policy.expand import (
     ABSENT,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fwd.bpf import abi
+from fwd.core import abi
 from fwd.errors import CapacityError, PolicyError
 from fwd.policy.adopt import (
     KernelView,

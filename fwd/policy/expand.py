@@ -17,7 +17,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from fwd.bpf import abi
+from fwd.core import abi
 from fwd.errors import CapacityError
 from fwd.policy.model import Action, IPNetwork, PortRange, Rule
 

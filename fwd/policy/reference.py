@@ -20,7 +20,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from fwd.bpf import abi
+from fwd.core import abi
 from fwd.policy.model import Action, IPNetwork, NamedSet, Policy, PortRange, Rule
 
 XDP_DROP = 1

@@ -13,7 +13,7 @@ import socket
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 
-from fwd.bpf import abi
+from fwd.core import abi
 from fwd.errors import CapacityError
 
 SET_KEY = struct.Struct("=II16s")

@@ -196,7 +196,7 @@ async def serve_api(
     The server listens on ``socket_path`` when the block starts; leaving the
     block stops the server (it removes its socket), then the fakes.
     """
-    from fwd.api.server import Api  # here: the fakes themselves need no grpclib
+    from fwd.actors.api import Api  # here: the fakes themselves need no grpclib
 
     dp_tx, dp_rx = anyio.create_memory_object_stream[DatapathCommand](16)
     if_tx, if_rx = anyio.create_memory_object_stream[ListInterfaces](16)

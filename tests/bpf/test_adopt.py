@@ -2,7 +2,7 @@
 
 Each test loads the real object with its maps pinned in a bpffs directory of
 its own, changes the policy the way the Datapath does, then loads a *new*
-object that reuses the pins (fwd.bpf.pins) and adopts the kernel's contents
+object that reuses the pins (fwd.kernel.pins) and adopts the kernel's contents
 with ``Engine.adopt``, exactly as a restarted agent does. The kernel's verdicts
 are checked against the pure reference on the corpus of test_dataplane.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from fwd.bpf import abi, pins
-from fwd.bpf.maps import Map
-from fwd.bpf.objects import BpfObject
+from fwd.core import abi, pins
+from fwd.kernel.maps import Map
+from fwd.kernel.objects import BpfObject
 from fwd.policy import reference
 from fwd.policy.adopt import KernelView
 from fwd.policy.compiler import fresh_slots

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from fwd.dataplane import Dataplane, TornCommit
+from fwd.kernel.dataplane import Dataplane, TornCommit
 from fwd.errors import BpfError, CapacityError
 from fwd.policy.model import policy_from_dict
 from tests import strategies as S

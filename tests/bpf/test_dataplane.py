@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from fwd.bpf import abi
-from fwd.bpf.objects import BpfObject, Program
-from fwd.bpf.sync import RcuBarrier
-from fwd.dataplane import Dataplane
+from fwd.core import abi
+from fwd.kernel.objects import BpfObject, Program
+from fwd.kernel.rcu import RcuBarrier
+from fwd.kernel.dataplane import Dataplane
 from fwd.policy import reference
 from fwd.policy.engine import Engine, Pending
 from fwd.policy.model import Policy, policy_from_dict

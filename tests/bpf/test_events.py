@@ -1,7 +1,7 @@
 """BPF tier: per-interface counters, event records, the event budget and the ring reader.
 
 The fwd object runs on crafted frames with BPF_PROG_TEST_RUN (ingress ifindex 1,
-lo). The ring buffer is read with fwd.bpf.ringbuf's direct mmap reader.
+lo). The ring buffer is read with fwd.kernel.ringbuf's direct mmap reader.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from fwd.bpf import abi
-from fwd.bpf.objects import BpfObject
-from fwd.bpf.ringbuf import RingBuffer, configure_events, kernel_event_stats, record_size
-from fwd.bpf.sync import RcuBarrier
-from fwd.dataplane import Dataplane
-from fwd.events import decode
+from fwd.core import abi
+from fwd.kernel.objects import BpfObject
+from fwd.kernel.ringbuf import RingBuffer, configure_events, kernel_event_stats, record_size
+from fwd.kernel.rcu import RcuBarrier
+from fwd.kernel.dataplane import Dataplane
+from fwd.core.records import decode
 from fwd.policy.engine import Engine
 from fwd.policy.model import Action, policy_from_dict
 from tests import packets as P

@@ -23,13 +23,13 @@ import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from fwd.actors.events import Events
-from fwd.bpf.objects import BpfObject
-from fwd.bpf.ringbuf import RingBuffer, configure_events, kernel_event_stats
-from fwd.bpf.sync import RcuBarrier
-from fwd.dataplane import Dataplane
+from fwd.kernel.objects import BpfObject
+from fwd.kernel.ringbuf import RingBuffer, configure_events, kernel_event_stats
+from fwd.kernel.rcu import RcuBarrier
+from fwd.kernel.dataplane import Dataplane
 from fwd.messages import EventBatch, EventsCommand, Reply, SlotNames, Subscribe
-from fwd.events import EventFilter
-from fwd.looplag import LoopLagMonitor
+from fwd.core.records import EventFilter
+from fwd.actors.looplag import LoopLagMonitor
 from fwd.policy.engine import Engine
 from fwd.policy.model import policy_from_dict
 from tests import packets as P

@@ -18,11 +18,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from fwd.bpf import libbpf
-from fwd.bpf.maps import map_from_pinned
-from fwd.bpf.objects import BpfObject, Program
-from fwd.bpf.objpath import default_object_path
-from fwd.bpf.xdp import XdpLink, attach_xdp, attach_xdp_best, query_xdp
+from fwd.kernel import libbpf
+from fwd.kernel.maps import map_from_pinned
+from fwd.kernel.objects import BpfObject, Program
+from fwd.kernel.objpath import default_object_path
+from fwd.kernel.xdp import XdpLink, attach_xdp, attach_xdp_best, query_xdp
 from fwd.errors import BpfError, LinkError
 from fwd.messages import AttachMode
 
@@ -512,7 +512,7 @@ def test_verifier_rejection_is_logged(
         ],
         check=True,
     )
-    caplog.set_level("DEBUG", logger="fwd.bpf.libbpf")
+    caplog.set_level("DEBUG", logger="fwd.kernel.libbpf")
     with (
         BpfObject.open(out) as o,
         pytest.raises(BpfError, match="bpf_object__load") as ei,

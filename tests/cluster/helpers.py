@@ -10,9 +10,9 @@ from typing import Any
 import anyio
 
 from fwd.cluster.etcd import EtcdClient
-from fwd.cluster.fake import RecordingDatapath
+from fwd.testing.recording import RecordingDatapath
 from fwd.cluster.layout import Layout, encode_labels, encode_policy_record
-from fwd.cluster.sync import ClusterSync, SyncConfig
+from fwd.actors.cluster_sync import ClusterSync, SyncConfig
 from fwd.messages import DatapathCommand
 from fwd.policy.model import policy_from_dict
 

@@ -18,7 +18,7 @@ from pyroute2 import AsyncIPRoute
 
 from fwd.actors.discovery import Discovery
 from fwd.actors.links import AttachedLink, Links, XdpAttacher
-from fwd.bpf.objects import BpfObject, Program
+from fwd.kernel.objects import BpfObject, Program
 from fwd.messages import AttachMode, InterfaceStatus, LinkEvent, LinkState, ListInterfaces, Reply
 from tests.netns import Netns, entered, netns, run  # noqa: F401  (fixture)
 

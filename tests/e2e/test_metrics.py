@@ -24,8 +24,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fwd.api.client import Client
-from fwd.bpf import abi, libbpf
-from fwd.bpf.maps import Map
+from fwd.core import abi
+from fwd.kernel import libbpf
+from fwd.kernel.maps import Map
 from fwd.metrics.kernel import IF_STATS_MAP, IfCounters, read_if_stats
 from fwd.policy.model import policy_from_dict
 from tests.e2e.agentproc import AgentProcess, stop_lab, udp_count

@@ -28,8 +28,8 @@ import pytest
 
 from fwd.api.client import Client
 from fwd.api.gen.fwd import v1 as pb
-from fwd.bpf import abi
-from fwd.bpf.maps import Map
+from fwd.core import abi
+from fwd.kernel.maps import Map
 from fwd.policy.model import policy_from_dict
 from tests.e2e.agentproc import AgentProcess
 from tests.netns import BPFFS, Netns, netns, run, run_in  # noqa: F401 - fixture

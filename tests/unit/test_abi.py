@@ -1,4 +1,4 @@
-"""bpf/fwd.h and fwd/bpf/abi.py must agree: every constant, struct, field, size and offset."""
+"""bpf/fwd.h and fwd/core/abi.py must agree: every constant, struct, field, size and offset."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fwd.bpf import abi
+from fwd.core import abi
 
 HEADER = Path(__file__).resolve().parents[2] / "bpf" / "fwd.h"
 C_SIZES = {"__u8": 1, "__u16": 2, "__u32": 4, "__u64": 8}

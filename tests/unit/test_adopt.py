@@ -1,8 +1,8 @@
-"""Adopting a kernel's contents (fwd.policy.adopt, Engine.adopt, fwd.bpf.pins.plan_reuse): pure."""
+"""Adopting a kernel's contents (fwd.policy.adopt, Engine.adopt, fwd.kernel.pins.plan_reuse): pure."""
 
 from __future__ import annotations
 
-from fwd.bpf import pins
+from fwd.kernel import pins
 from fwd.policy.adopt import (
     KernelView,
     kernel_prios,

@@ -22,11 +22,11 @@ from grpclib.const import Status
 
 from fwd.api import convert
 from fwd.api.gen.fwd import v1 as pb
-from fwd.api.server import Api
-from fwd.cluster.admin import ClusterAdmin
+from fwd.actors.api import Api
+from fwd.actors.cluster_admin import ClusterAdmin
 from fwd.cluster.etcd import EtcdClient
 from fwd.cluster.layout import Layout, StatusRecord, encode_labels, encode_status
-from fwd.cluster.messages import GetSyncState, SyncState
+from fwd.messages import GetSyncState, SyncState
 from fwd.messages import ClusterAdminCommand, DatapathCommand, ListInterfaces, Reply, Settings
 from fwd.policy.model import policy_from_dict
 from fwd.testing import FakeDatapath, FakeLinks, serve_api

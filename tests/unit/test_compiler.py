@@ -12,7 +12,7 @@ import pytest
 from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
-from fwd.bpf import abi
+from fwd.core import abi
 from fwd.errors import CapacityError, PolicyError
 from fwd.policy.compiler import (
     KEY,

@@ -1,4 +1,4 @@
-"""Pure decoding and filtering of drop events (fwd/events.py): no kernel."""
+"""Pure decoding and filtering of drop events (fwd/core/records.py): no kernel."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from fwd.bpf import abi
-from fwd.events import (
+from fwd.core import abi
+from fwd.core.records import (
     RECORD_SIZE,
     DecodeError,
     Decoder,

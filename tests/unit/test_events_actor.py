@@ -12,8 +12,8 @@ import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from fwd.actors.events import Events
-from fwd.bpf import abi
-from fwd.events import EventFilter, KernelEventStats, encode
+from fwd.core import abi
+from fwd.core.records import EventFilter, KernelEventStats, encode
 from fwd.messages import EventBatch, EventsCommand, Reply, SlotNames, Subscribe
 from fwd.policy.model import Action
 from fwd.testing import FakeRing

@@ -18,7 +18,7 @@ from fwd.api.fastwire import (
     scan_batch,
 )
 from fwd.api.gen.fwd import v1 as pb
-from fwd.events import DropEvent
+from fwd.core.records import DropEvent
 from fwd.policy.model import Action
 
 U16 = st.integers(min_value=0, max_value=65535)

@@ -24,19 +24,19 @@ from grpclib.server import Server
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fwd.events import KernelEventStats
-from fwd.looplag import LagHistogram, LoopLagMonitor, LoopLagStatistics
+from fwd.core.records import KernelEventStats
+from fwd.actors.looplag import LagHistogram, LoopLagMonitor, LoopLagStatistics
 from fwd.actors.datapath import DatapathStatistics, rule_table
 from fwd.actors.discovery import DiscoveryStatistics
 from fwd.actors.links import LinksStatistics
-from fwd.api.metrics import GrpcMetrics
-from fwd.bpf import abi
-from fwd.dataplane import Dataplane, SlotCounters
+from fwd.metrics.grpc import GrpcMetrics
+from fwd.core import abi
+from fwd.kernel.dataplane import Dataplane, SlotCounters
 from fwd.messages import AttachMode, InterfaceStatus, LinkState, RuleSlot, RuleTable
 from fwd.metrics.addr import parse_addr
 from fwd.metrics.collector import AgentCollector, BuildInfo, Snapshot
 from fwd.metrics.kernel import IfCounters, read_if_stats, sum_if_stats
-from fwd.metrics.server import MetricsServer
+from fwd.actors.metrics import MetricsServer
 from fwd.policy.model import policy_from_dict
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -446,7 +446,7 @@ def test_cli_metrics_option(capsys: pytest.CaptureFixture[str]) -> None:
 def test_scrapes_run_one_at_a_time_with_the_gc_paused() -> None:
     import gc
 
-    from fwd.metrics.server import serialised_without_gc
+    from fwd.actors.metrics import serialised_without_gc
 
     seen: list[bool] = []
 
@@ -469,7 +469,7 @@ def test_scrapes_run_one_at_a_time_with_the_gc_paused() -> None:
 async def test_address_in_use_is_a_clear_error() -> None:
     import socket
 
-    from fwd.metrics.server import MetricsAddressError
+    from fwd.actors.metrics import MetricsAddressError
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

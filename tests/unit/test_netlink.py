@@ -1,4 +1,4 @@
-"""fwd.netlink decodes pyroute2 ifinfmsgs; messages here are encoded then decoded like the kernel's."""
+"""fwd.core.netlink decodes pyroute2 ifinfmsgs; messages here are encoded then decoded like the kernel's."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from fwd.messages import LinkChange, LinkInfo
-from fwd.netlink import (
+from fwd.core.netlink import (
     RTM_DELLINK,
     RTM_NEWLINK,
     link_event_from_msg,

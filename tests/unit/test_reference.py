@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fwd.bpf import abi
+from fwd.core import abi
 from fwd.policy.files import load_policy_text
 from fwd.policy.model import Policy
 from fwd.policy.reference import (

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fwd.api import server
+from fwd.actors import api as server
 
 
 def test_socket_mode_and_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,6 +1,6 @@
 """The API in cluster mode: ClusterService, and PolicyService.ApplyPolicy writing etcd.
 
-Handlers validate, ask the ClusterAdmin actor (fwd/cluster/admin.py) and turn
+Handlers validate, ask the ClusterAdmin actor (fwd/actors/cluster_admin.py) and turn
 its answer into a response, like every other handler: they never talk to etcd
 themselves. ``fwd cluster wait`` polls the status records through the actor
 (every POLL_INTERVAL) until the selected nodes caught up or time ran out; an
@@ -26,7 +26,7 @@ from fwd.errors import PolicyError
 
 if TYPE_CHECKING:
     from fwd.api.policystream import ApplyPolicyRequest as StreamedRequest
-    from fwd.api.server import Api
+    from fwd.actors.api import Api
 
 DEFAULT_POLICY_NAME = "default"
 DEFAULT_PRIORITY = 100
