@@ -51,9 +51,9 @@ from fwd.messages import (
     EventsCommand,
     LinkEvent,
     ListInterfaces,
-    Settings,
     SlotNames,
 )
+from fwd.settings import Settings
 from fwd.metrics.collector import Snapshot
 from fwd.metrics.kernel import IF_STATS_MAP, read_if_stats
 from fwd.actors.metrics import MetricsServer

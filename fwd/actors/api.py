@@ -54,7 +54,8 @@ from fwd.errors import (
     RevisionMismatch,
 )
 from fwd.core.records import EventFilter
-from fwd.messages import DatapathCommand, ListInterfaces, Reply, Settings
+from fwd.messages import DatapathCommand, ListInterfaces, Reply
+from fwd.settings import Settings
 from fwd.policy import model
 from fwd.policy.model import Action
 from fwd.policy.lockout import LockoutError

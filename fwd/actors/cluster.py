@@ -30,7 +30,8 @@ from fwd.cluster.layout import Layout, check_node_name
 from fwd.messages import GetSyncState
 from fwd.cluster.selector import parse_labels
 from fwd.actors.cluster_sync import ClusterSync, SyncConfig
-from fwd.messages import ClusterAdminCommand, DatapathCommand, ListInterfaces, Settings
+from fwd.messages import ClusterAdminCommand, DatapathCommand, ListInterfaces
+from fwd.settings import Settings
 
 Starter = Callable[..., Coroutine[Any, Any, Any]]
 

@@ -29,7 +29,7 @@ from fwd.cli import cluster as cli_cluster, rules as cli_rules
 from fwd.api.tls import client_context
 from fwd.core import abi
 from fwd.errors import PolicyError
-from fwd.messages import Settings
+from fwd.settings import Settings
 from fwd.policy.files import dump_policy_yaml, load_policy_file
 from fwd.policy.model import policy_to_dict
 

@@ -18,7 +18,7 @@ from fwd.kernel import libbpf
 from fwd.kernel.handle import Handle
 from fwd.kernel.objects import Program
 from fwd.errors import BpfError, LinkError
-from fwd.messages import AttachMode
+from fwd.core.attach import AttachMode
 
 log = structlog.get_logger(__name__)
 

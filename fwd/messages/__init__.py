@@ -1,4 +1,125 @@
-"""Every message the actors exchange (frozen dataclasses), one import site."""
+"""Every message the actors exchange: frozen dataclasses, one module per conversation.
 
-from fwd.messages.cluster import *  # noqa: F403
-from fwd.messages.datapath import *  # noqa: F403
+Import them from here (``from fwd.messages import ApplyPolicy``); the modules say
+who sends what to whom. Settings live in fwd.settings.
+"""
+
+from fwd.core.attach import AttachMode
+from fwd.messages.reply import (
+    Reply,
+)
+from fwd.messages.links import (
+    InterfaceStatus,
+    LinkChange,
+    LinkEvent,
+    LinkInfo,
+    LinkState,
+    ListInterfaces,
+)
+from fwd.messages.datapath import (
+    AddRule,
+    Adoption,
+    Applied,
+    ApplyPolicy,
+    ApplyRevision,
+    DatapathCommand,
+    DeleteRule,
+    GetHistory,
+    GetPolicy,
+    GetStats,
+    HistoryEntry,
+    ListRules,
+    ListSetElements,
+    ListSets,
+    RulePage,
+    RuleSlot,
+    RuleStats,
+    RuleTable,
+    SetAddElements,
+    SetElementsPage,
+    SetInfo,
+    SetRemoveElements,
+)
+from fwd.messages.confirm import (
+    ArmConfirm,
+    ConfirmCommand,
+    ConfirmRevision,
+    PendingConfirm,
+    Superseded,
+)
+from fwd.messages.events import (
+    EventBatch,
+    EventsCommand,
+    SlotNames,
+    Subscribe,
+)
+from fwd.messages.cluster import (
+    ClusterAdminCommand,
+    ClusterCommand,
+    ClusterPolicyInfo,
+    ClusterView,
+    DeleteClusterPolicy,
+    GetSyncState,
+    Labels,
+    ListClusterPolicies,
+    NodeView,
+    PutClusterPolicy,
+    ReadClusterStatus,
+    SetNodeLabels,
+    SyncState,
+)
+
+__all__ = [
+    "AddRule",
+    "Adoption",
+    "Applied",
+    "ApplyPolicy",
+    "ApplyRevision",
+    "ArmConfirm",
+    "AttachMode",
+    "ClusterAdminCommand",
+    "ClusterCommand",
+    "ClusterPolicyInfo",
+    "ClusterView",
+    "ConfirmCommand",
+    "ConfirmRevision",
+    "DatapathCommand",
+    "DeleteClusterPolicy",
+    "DeleteRule",
+    "EventBatch",
+    "EventsCommand",
+    "GetHistory",
+    "GetPolicy",
+    "GetStats",
+    "GetSyncState",
+    "HistoryEntry",
+    "InterfaceStatus",
+    "Labels",
+    "LinkChange",
+    "LinkEvent",
+    "LinkInfo",
+    "LinkState",
+    "ListClusterPolicies",
+    "ListInterfaces",
+    "ListRules",
+    "ListSetElements",
+    "ListSets",
+    "NodeView",
+    "PendingConfirm",
+    "PutClusterPolicy",
+    "ReadClusterStatus",
+    "Reply",
+    "RulePage",
+    "RuleSlot",
+    "RuleStats",
+    "RuleTable",
+    "SetAddElements",
+    "SetElementsPage",
+    "SetInfo",
+    "SetNodeLabels",
+    "SetRemoveElements",
+    "SlotNames",
+    "Subscribe",
+    "Superseded",
+    "SyncState",
+]

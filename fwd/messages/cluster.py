@@ -1,7 +1,4 @@
-"""Messages to and from the ClusterSync actor (the cluster-mode part of fwd/messages/).
-
-Kept beside the cluster package so that local mode imports nothing of it.
-"""
+"""Cluster mode: Api -> ClusterSync (sync state) and Api -> ClusterAdmin (etcd reads, writes)."""
 
 from __future__ import annotations
 
@@ -10,7 +7,7 @@ from dataclasses import dataclass, field
 
 from anyio.streams.memory import MemoryObjectSendStream
 
-from fwd.messages.datapath import Reply
+from fwd.messages.reply import Reply
 from fwd.policy.model import EMPTY_POLICY, Policy
 
 
@@ -38,3 +35,92 @@ class GetSyncState:
 
 
 ClusterCommand = GetSyncState
+
+
+# --- Api -> ClusterAdmin (cluster mode, issue 6) ----------------------------------
+
+Labels = tuple[tuple[str, str], ...]  # sorted (key, value) pairs: hashable, immutable
+
+
+@dataclass(frozen=True)
+class ClusterPolicyInfo:
+    """One policy stored in etcd under ``<prefix>policies/<name>``."""
+
+    name: str
+    selector: str
+    priority: int
+    mod_revision: int
+    policy: Policy
+
+
+@dataclass(frozen=True)
+class PutClusterPolicy:
+    """Write a policy to etcd; the reply is the etcd revision of the write.
+
+    ``expect_revision``: None writes unconditionally, 0 only if the key does not
+    exist, N only if N is the key's mod revision (else RevisionMismatch).
+    """
+
+    info: ClusterPolicyInfo  # mod_revision is ignored
+    expect_revision: int | None
+    reply: MemoryObjectSendStream[Reply[int]]
+
+
+@dataclass(frozen=True)
+class DeleteClusterPolicy:
+    name: str
+    expect_revision: int | None
+    reply: MemoryObjectSendStream[Reply[int]]
+
+
+@dataclass(frozen=True)
+class ListClusterPolicies:
+    """Every stored policy in merge order, and the etcd revision they were read at."""
+
+    reply: MemoryObjectSendStream[Reply[tuple[int, tuple[ClusterPolicyInfo, ...]]]]
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """One node as etcd describes it: its labels and (while its lease lives) its status."""
+
+    node: str
+    labels: Labels
+    live: bool
+    synced_revision: int = 0
+    lag: int = 0
+    policy_hash: str = ""
+    policies: tuple[tuple[str, int], ...] = ()
+    applied_revision: int = 0
+    interfaces: tuple[tuple[str, str], ...] = ()  # (name, attach mode)
+    last_error: str = ""
+    version: str = ""
+    updated: float = 0.0  # unix time
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """Every node known to etcd at ``revision``, ordered by name."""
+
+    revision: int
+    nodes: tuple[NodeView, ...]
+
+
+@dataclass(frozen=True)
+class ReadClusterStatus:
+    reply: MemoryObjectSendStream[Reply[ClusterView]]
+
+
+@dataclass(frozen=True)
+class SetNodeLabels:
+    """Set and remove labels of ``node``; the reply is (revision, labels after)."""
+
+    node: str
+    set: Labels
+    remove: tuple[str, ...]
+    reply: MemoryObjectSendStream[Reply[tuple[int, Labels]]]
+
+
+ClusterAdminCommand = (
+    PutClusterPolicy | DeleteClusterPolicy | ListClusterPolicies | ReadClusterStatus | SetNodeLabels
+)

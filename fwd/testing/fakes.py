@@ -31,8 +31,8 @@ from fwd.messages import (
     ListInterfaces,
     Reply,
     RuleStats,
-    Settings,
 )
+from fwd.settings import Settings
 from fwd.policy.model import EMPTY_POLICY, Policy
 
 __all__ = ["ApiHarness", "FakeDatapath", "FakeLinks", "FakeRing", "serve_api"]

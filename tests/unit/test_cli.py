@@ -20,7 +20,8 @@ import pytest
 import fwd
 from fwd.api.client import default_socket
 from fwd.cli import build_parser, format_table, main
-from fwd.messages import AttachMode, InterfaceStatus, LinkState, RuleStats, Settings
+from fwd.messages import AttachMode, InterfaceStatus, LinkState, RuleStats
+from fwd.settings import Settings
 from fwd.policy.files import load_policy_text
 from fwd.policy.model import policy_to_dict
 from fwd.testing import serve_api

@@ -27,7 +27,8 @@ from fwd.actors.cluster_admin import ClusterAdmin
 from fwd.cluster.etcd import EtcdClient
 from fwd.cluster.layout import Layout, StatusRecord, encode_labels, encode_status
 from fwd.messages import GetSyncState, SyncState
-from fwd.messages import ClusterAdminCommand, DatapathCommand, ListInterfaces, Reply, Settings
+from fwd.messages import ClusterAdminCommand, DatapathCommand, ListInterfaces, Reply
+from fwd.settings import Settings
 from fwd.policy.model import policy_from_dict
 from fwd.testing import FakeDatapath, FakeLinks, serve_api
 from tests.etcd import EtcdServer, etcd_server  # noqa: F401 - the fixture

@@ -115,7 +115,7 @@ def test_sum_event_stats_over_cpus() -> None:
 
 def test_agent_event_budget_options(capsys: pytest.CaptureFixture[str]) -> None:
     from fwd.cli import build_parser, main
-    from fwd.messages import Settings
+    from fwd.settings import Settings
 
     # The agent's defaults are the kernel's (bpf/fwd.h FWD_EVENT_RATE / _BURST).
     assert (Settings().event_rate, Settings().event_burst) == (abi.EVENT_RATE, abi.EVENT_BURST)
