@@ -28,7 +28,7 @@ from grpclib.reflection.v1.reflection_pb2 import ServerReflectionRequest
 
 from fwd.api import convert
 from fwd.api.gen.fwd import v1 as pb
-from fwd.actors.api import page_bounds
+from fwd.api.paging import page_bounds
 from fwd.errors import BpfError
 from fwd.messages import ApplyPolicy, AttachMode, InterfaceStatus, LinkState, RuleStats
 from fwd.policy.model import policy_from_dict

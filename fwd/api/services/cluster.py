@@ -18,6 +18,7 @@ from grpclib.const import Status
 
 from fwd import messages
 from fwd.api import convert
+from fwd.api.gateway import Gateway
 from fwd.api.gen.fwd import v1 as pb
 from fwd.cluster.layout import check_node_name, check_policy_name
 from fwd.cluster.selector import LABEL_KEY_RE, Selector, parse_labels, parse_selector
@@ -26,14 +27,12 @@ from fwd.errors import PolicyError
 
 if TYPE_CHECKING:
     from fwd.api.policystream import ApplyPolicyRequest as StreamedRequest
-    from fwd.actors.api import Api
 
 DEFAULT_POLICY_NAME = "default"
 DEFAULT_PRIORITY = 100
 DEFAULT_WAIT_SECONDS = 30.0
 MAX_WAIT_SECONDS = 3600.0
 POLICY_FIELDS_CLUSTER_ONLY = ("name", "selector", "priority")
-LOCAL_MODE = "not in cluster mode: start the agent with --etcd to use the cluster API"
 POLL_INTERVAL = 0.05
 UNAVAILABLE_RETRY = 0.2  # seconds between status reads while etcd is unreachable
 
@@ -61,7 +60,7 @@ def refuse_cluster_fields(message: pb.ApplyPolicyRequest | StreamedRequest) -> N
 
 
 async def apply_policy(
-    api: Api, message: pb.ApplyPolicyRequest | StreamedRequest
+    api: Gateway, message: pb.ApplyPolicyRequest | StreamedRequest
 ) -> pb.ApplyPolicyResponse:
     """Write the policy to etcd (compare-and-swap when expect_revision is given)."""
     if message.confirm_within_seconds:
@@ -105,7 +104,7 @@ def node_to_proto(n: messages.NodeView) -> pb.NodeStatus:
 class ClusterService(pb.ClusterServiceBase):
     """fwd.v1.ClusterService; every call is FAILED_PRECONDITION in local mode."""
 
-    def __init__(self, api: Api) -> None:
+    def __init__(self, api: Gateway) -> None:
         self._api = api
 
     async def status(self, message: pb.ClusterStatusRequest) -> pb.ClusterStatusResponse:
