@@ -1,8 +1,7 @@
 """CLI commands of cluster mode: ``fwd cluster status | wait | label | policies | delete``.
 
 Thin clients of fwd.v1.ClusterService on any agent running with ``--etcd``:
-that agent reads and writes etcd for the caller. Kept apart from fwd/cli.py so
-each module stays small.
+that agent reads and writes etcd for the caller.
 """
 
 from __future__ import annotations
@@ -10,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable
 from typing import Any, TextIO
 
 from fwd.api.client import Client
 from fwd.api.convert import policy_from_proto
 from fwd.api.gen.fwd import v1 as pb
+from fwd.cli.options import fresh_common, revision_arg
+from fwd.cli.output import format_table
 from fwd.policy.model import policy_to_dict
 
 # ``fwd cluster wait`` asks the agent to wait this much longer than the client's
@@ -52,8 +52,6 @@ async def _status(client: Client, args: argparse.Namespace, out: TextIO) -> None
         out.write(json.dumps({"revision": reply.revision, "nodes": nodes}, indent=2,
                              sort_keys=True) + "\n")  # fmt: skip
         return
-    from fwd.cli import format_table
-
     rows = [
         [
             n["node"],
@@ -115,8 +113,6 @@ async def _policies(client: Client, args: argparse.Namespace, out: TextIO) -> No
         out.write(json.dumps({"revision": reply.revision, "policies": data}, indent=2,
                              sort_keys=True) + "\n")  # fmt: skip
         return
-    from fwd.cli import format_table
-
     rows = [
         [p.priority, p.name, p.selector or "(every node)", p.mod_revision,
          len(p.policy.rules) if p.policy else 0]
@@ -140,12 +136,9 @@ def _seconds(text: str) -> float:
     return value
 
 
-def register(
-    sub: Any, common: argparse.ArgumentParser, revision: Callable[[str], int],
-    fresh_common: Callable[[], argparse.ArgumentParser],
-) -> None:
-    """Add ``fwd cluster ...`` to the parser built by fwd.cli (``fresh_common`` makes a
-    new copy of the client options, for a command that redefines one of them)."""
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``fwd cluster ...`` to the parser (``fresh_common`` makes a new copy of the
+    client options, for a command that redefines one of them)."""
     cluster = sub.add_parser(
         "cluster", help="cluster mode: nodes, labels, policies in etcd",
         description="Talk to any agent running with --etcd; it reads and writes etcd.",
@@ -171,7 +164,7 @@ def register(
         "revision R (as printed by 'fwd policy apply'); fail naming the nodes still behind "
         "after --timeout.",
     )  # fmt: skip
-    wait.add_argument("--revision", type=revision, required=True, metavar="R")
+    wait.add_argument("--revision", type=revision_arg, required=True, metavar="R")
     wait.add_argument("--selector", default="", metavar="S", help="only nodes matching S")
     wait.add_argument("--timeout", type=_seconds, default=30.0,
                       metavar="SECONDS", help="give up after this long (default: %(default)s)")
@@ -198,6 +191,6 @@ def register(
         "delete", parents=[common], help="delete a policy from etcd",
     )  # fmt: skip
     delete.add_argument("name", metavar="NAME")
-    delete.add_argument("--expect-revision", type=revision, metavar="N",
+    delete.add_argument("--expect-revision", type=revision_arg, metavar="N",
                         help="only if N is the policy's mod revision")  # fmt: skip
     delete.set_defaults(client=_delete)
