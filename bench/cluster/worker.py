@@ -2,7 +2,7 @@
 
     python bench/cluster/worker.py URL COUNT FIRST OUT.json [--client-per-agent]
 
-Each simulated agent is the real ClusterSync actor with a RecordingDatapath in
+Each simulated agent is the real ClusterSync actor with a FakeDatapath in
 place of BPF: its own watch stream, its own lease and keep-alive stream, its
 own status record. By default the agents of one process share one EtcdClient
 (one gRPC channel, one HTTP/2 connection); ``--client-per-agent`` gives each
@@ -24,7 +24,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from fwd.cluster.etcd import EtcdClient
-from fwd.testing.recording import RecordingDatapath
+from fwd.testing import FakeDatapath
 from fwd.actors.cluster_sync import ClusterSync, SyncConfig
 from fwd.messages import DatapathCommand
 
@@ -32,14 +32,14 @@ from fwd.messages import DatapathCommand
 async def main(url: str, count: int, first: int, out: str, per_agent: bool) -> None:
     shared = EtcdClient(url, timeout=10.0)
     clients = [EtcdClient(url, timeout=10.0) for _ in range(count)] if per_agent else [shared] * count
-    fakes: dict[str, RecordingDatapath] = {}
+    fakes: dict[str, FakeDatapath] = {}
     syncs: list[ClusterSync] = []
     t0 = time.monotonic()
     async with anyio.create_task_group() as tg:
         for i in range(count):
             node = f"sim{first + i:07d}"
             tx, rx = anyio.create_memory_object_stream[DatapathCommand](4)
-            fake = RecordingDatapath(rx)
+            fake = FakeDatapath(rx)
             # A long keep-alive period would hide nothing here: TTL 10 s as the agent's default.
             sync = ClusterSync(clients[i], tx, SyncConfig(node=node, labels={"role": "edge", "bench": "yes"}))
             fakes[node] = fake

@@ -8,6 +8,7 @@ Datapath or Links) can be tested without BPF, netlink or root.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from fwd.messages import (
 from fwd.settings import Settings
 from fwd.policy.model import EMPTY_POLICY, Policy
 
-__all__ = ["ApiHarness", "FakeDatapath", "FakeLinks", "FakeRing", "serve_api"]
+__all__ = ["ApiHarness", "FakeDatapath", "FakeLinks", "FakeRing", "Recorded", "serve_api"]
 
 
 T = TypeVar("T")
@@ -54,8 +55,21 @@ async def _answer(reply: MemoryObjectSendStream[Reply[T]], answer: Reply[T]) -> 
             pass
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """One apply the fake took: when (unix time), the local revision, the policy."""
+
+    at: float
+    revision: int
+    policy: Policy
+
+
 class FakeDatapath:
     """Serves DatapathCommand from memory: a policy, a revision and canned counters.
+
+    The one fake Datapath, for the Api tests, the ClusterSync tests and the cluster
+    benchmark (cheap enough to run a thousand in one process): it records every
+    apply (``applied``, with its wall-clock time) and sets ``changed`` after each.
 
     - ApplyPolicy honours ``expect_revision`` (RevisionMismatch), refuses more
       than ``max_rules`` rules (CapacityError), and fails with ``fail_next``
@@ -82,6 +96,8 @@ class FakeDatapath:
         self.applies = 0  # successful applies, for assertions
         self.received: list[DatapathCommand] = []
         self.history: dict[int, Policy] = {revision: policy}
+        self.applied: list[Recorded] = []
+        self.changed = anyio.Event()  # set (and replaced) after every apply
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Answer commands until the channel closes."""
@@ -145,6 +161,9 @@ class FakeDatapath:
         self.revision += 1
         self.applies += 1
         self.history[self.revision] = self.policy
+        self.applied.append(Recorded(time.time(), self.revision, self.policy))
+        self.changed.set()
+        self.changed = anyio.Event()
         return Reply(value=Applied(self.revision, self.policy))
 
     def current_stats(self) -> tuple[RuleStats, ...]:

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 
 from fwd.cluster.etcd import EtcdClient
-from fwd.testing.recording import RecordingDatapath
+from fwd.testing import FakeDatapath
 from fwd.cluster.layout import Layout, encode_labels, encode_policy_record
 from fwd.actors.cluster_sync import ClusterSync, SyncConfig
 from fwd.messages import DatapathCommand
@@ -22,7 +22,7 @@ LAYOUT = Layout()
 @dataclass
 class Node:
     sync: ClusterSync
-    datapath: RecordingDatapath
+    datapath: FakeDatapath
     scope: anyio.CancelScope
 
 
@@ -42,7 +42,7 @@ async def nodes_running(etcd: EtcdClient) -> AsyncIterator[Callable[..., Any]]:
 
         async def start(node: str, labels: Mapping[str, str] | None = None, **config: Any) -> Node:
             tx, rx = anyio.create_memory_object_stream[DatapathCommand](8)
-            datapath = RecordingDatapath(rx)
+            datapath = FakeDatapath(rx)
             sync = ClusterSync(etcd, tx, SyncConfig(node=node, labels=dict(labels or {}), **config))
             scope = anyio.CancelScope()
 
