@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from fwd.core import abi, pins
+from fwd.core import abi
+from fwd.kernel import pins
 from fwd.kernel.maps import Map
 from fwd.kernel.objects import BpfObject
 from fwd.policy import reference
