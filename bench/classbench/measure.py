@@ -30,7 +30,7 @@ class _Result(Protocol):
 
 
 class Runnable(Protocol):
-    """What :func:`over_trace` needs of a program (``fwd.bpf.objects.Program``)."""
+    """What :func:`over_trace` needs of a program (``fwd.kernel.objects.Program``)."""
 
     name: str
 

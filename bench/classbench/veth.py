@@ -48,7 +48,7 @@ from bench.dataplane.cost import Log  # noqa: E402
 from bench.dataplane.engines import Nftables  # noqa: E402
 from bench.dataplane.fwdplane import Agent  # noqa: E402
 from bench.dataplane.veth import Budget, VethResult, _drop_namespaces, _Lane, _rx_packets, _send  # noqa: E402
-from fwd.bpf.xdp import attach_xdp  # noqa: E402
+from fwd.kernel.xdp import attach_xdp  # noqa: E402
 from fwd.messages import AttachMode  # noqa: E402
 from tests.netns import Netns, entered  # noqa: E402
 
