@@ -24,7 +24,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from fwd import heap
 from fwd.core import abi
-from fwd.kernel.dataplane import Dataplane, TornCommit
+from fwd.core.transaction import TornCommit
+from fwd.kernel.dataplane import Dataplane
 from fwd.errors import FwdError, PolicyError, RevisionMismatch
 from fwd.messages import (
     AddRule,

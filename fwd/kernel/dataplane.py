@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fwd.core import abi
+from fwd.core.transaction import TornCommit
 from fwd.policy.adopt import KernelView
 from fwd.policy.compiler import ABSENT, Change
 from fwd.policy.engine import Commit
@@ -24,16 +25,6 @@ _GEN_BYTE = 6  # the generation byte of a fwd_sets key's tag (fwd.policy.setkeys
 _U32 = struct.Struct("=I")
 _COUNTER = struct.Struct("=QQQQ")
 assert _COUNTER.size == ctypes.sizeof(abi.Counter)
-
-
-class TornCommit(RuntimeError):
-    """A commit failed after its flip: the new generation is live, the retired half
-    is stale. Not a FwdError on purpose: the agent must stop (and its restart adopt
-    and align the kernel), not go on answering as if nothing happened."""
-
-    def __init__(self, revision: int) -> None:
-        super().__init__(f"revision {revision} went live but settling the retired half failed")
-        self.revision = revision
 
 
 class MapLike(Protocol):
