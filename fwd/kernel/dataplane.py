@@ -10,10 +10,10 @@ import ctypes
 import struct
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from typing import Protocol
 
 from fwd.core import abi
+from fwd.core.counters import SlotCounters
 from fwd.core.transaction import TornCommit
 from fwd.policy.adopt import KernelView
 from fwd.policy.compiler import ABSENT, Change
@@ -44,14 +44,6 @@ class MapLike(Protocol):
     def delete(self, key: bytes) -> bool: ...
 
     def lookup_batch(self, chunk: int = 4096) -> Iterator[tuple[bytes, bytes]]: ...
-
-
-@dataclass(frozen=True)
-class SlotCounters:
-    packets: int
-    bytes: int
-    would_drop_packets: int
-    would_drop_bytes: int
 
 
 class Dataplane:
