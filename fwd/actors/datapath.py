@@ -43,7 +43,6 @@ from fwd.messages import (
     GetPolicy,
     GetStats,
     HistoryEntry,
-    LinkChange,
     LinkChanged,
     ListRules,
     ListSetElements,
@@ -98,6 +97,7 @@ class Datapath:
         self._stats = DatapathStatistics()
         self._sorted: tuple[NamedSet, list[str]] | None = None  # ListSetElements cache
         self._release_due = False  # set by a large whole-policy change
+        self._names_interfaces = True  # a rule names an interface (until a change says)
 
     def _enforceable(self, policy: Policy) -> Policy:
         if self._force_dry_run and not policy.dry_run:
@@ -165,21 +165,19 @@ class Datapath:
         is enforced from the first packet. A failed recompile is logged and the
         old entries stay; the interface still gets XDP (its reply carries the error).
         """
-        event = cmd.event
-        names = dict(self._engine.ifindexes)
-        if event.change is LinkChange.RESYNC:
-            names = {li.name: li.ifindex for li in event.links}
-        elif event.link is not None and event.change is LinkChange.ADDED:
-            names = {n: i for n, i in names.items() if i != event.link.ifindex}
-            names[event.link.name] = event.link.ifindex
-        elif event.link is not None:
-            names = {n: i for n, i in names.items() if i != event.link.ifindex}
-        known = dict(self._engine.ifindexes)
+        names = tables.link_names(self._engine.ifindexes, cmd.event)
+        if names == self._engine.ifindexes:
+            return Reply(self._engine.revision)
         try:
-            if await self._change(lambda: self._engine.relink(names)):
+            if not self._names_interfaces:
+                # No rule names an interface: nothing compiles, only the table changes
+                # (on the loop: a link storm must not queue a thread hop per link).
+                compiled = self._engine.relink(names)
+                assert compiled is None, "relink compiled with no rule naming an interface"
+            elif await self._change(lambda: self._engine.relink(names), names_changed=True):
                 self._stats = replace(self._stats, recompiles=self._stats.recompiles + 1)
-            elif self._engine.ifindexes != known:
-                await self._publish_names()  # no rule names it: only the names changed
+                return Reply(self._engine.revision)
+            await self._publish_names(slots=False)
         except FwdError as e:
             log.error("recompile_failed", revision=self._engine.revision, error=str(e))
             return Reply(error=e)
@@ -323,17 +321,20 @@ class Datapath:
         persist: bool = False,
         force: bool = True,
         adopt: KernelView | None = None,
+        names_changed: bool = False,
     ) -> bool:
         """Prepare and run one change in a worker thread, awaited: the actor does
-        nothing else meanwhile. Then publish what changed, on the loop."""
+        nothing else meanwhile. Then publish what changed, on the loop
+        (``names_changed``: a relink, the rules and their slots stay)."""
         guard = None if force else self._guard
         store = self._store if persist else None
-        outcome, release = await anyio.to_thread.run_sync(
+        outcome, release, names_interfaces = await anyio.to_thread.run_sync(
             self._change_sync, prepare, store, guard, adopt
         )
         if outcome is None:
             return False
         self._release_due = self._release_due or release
+        self._names_interfaces = names_interfaces
         e = self._engine
         if adopt is not None and outcome.flipped:
             self._adoption = replace(
@@ -346,21 +347,23 @@ class Datapath:
             entries=len(e.classifier.entries),
             tuples=e.classifier.tuple_count(),
         )
-        await self._publish_names()
+        await self._publish_names(slots=not names_changed or adopt is not None)
         return True
 
-    async def _publish_names(self) -> None:
-        """Tell Events the slot -> rule id table and the interface names, as they are now.
+    async def _publish_names(self, slots: bool = True) -> None:
+        """Tell Events the interface names and (``slots``) the slot -> rule id table.
 
         The channel is bounded: the Datapath waits for Events, which only swaps a
-        table per message. A closed one means Events is gone (shutdown).
+        table per message. A closed one means Events is gone (shutdown). The slot
+        table (100,000 entries at scale) goes only when it may have changed.
         """
         if self._names is None:
             return
         e = self._engine
         interfaces = tuple(sorted((i, n) for n, i in e.ifindexes.items()))
+        names = tables.slot_names(e.slots) if slots else None
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-            await self._names.send(SlotNames(e.revision, tables.slot_names(e.slots), interfaces))
+            await self._names.send(SlotNames(e.revision, names, interfaces))
 
     def _change_sync(
         self,
@@ -368,21 +371,23 @@ class Datapath:
         store: Store | None,
         guard: Callable[[Policy], None] | None,
         adopt: KernelView | None,
-    ) -> tuple[transaction.Outcome | None, bool]:
+    ) -> tuple[transaction.Outcome | None, bool, bool]:
         """In the worker thread: prepare (compile) and run the transaction. Also says
-        whether it was a whole-policy change large enough to release the heap after."""
+        whether it was a whole-policy change large enough to release the heap after,
+        and whether any rule of the resulting policy names an interface."""
         before = len(self._engine.policy.rules)
         pending = prepare()
         if pending is None:
-            return None, False
+            return None, False, self._names_interfaces
         release = (
             pending.change is None
             and max(before, len(pending.policy.rules)) >= RELEASE_AFTER_RULES
         )
+        named = any(r.interfaces for r in pending.policy.rules)
         if adopt is not None:
             assert store is None  # adoption enforces what is stored
-            return transaction.adopt(pending, self._dp, adopt), release
-        return transaction.run(pending, self._dp, store=store, guard=guard), release
+            return transaction.adopt(pending, self._dp, adopt), release, named
+        return transaction.run(pending, self._dp, store=store, guard=guard), release, named
 
     def _list_set_elements(self, cmd: ListSetElements) -> Reply[SetElementsPage]:
         e = self._engine

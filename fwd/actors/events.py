@@ -144,7 +144,8 @@ class Events:
 
     async def _follow_names(self, slot_names: MemoryObjectReceiveStream[SlotNames]) -> None:
         async for msg in slot_names:
-            self._decoder = Decoder(dict(msg.names))
+            if msg.names is not None:
+                self._decoder = Decoder(dict(msg.names))
             self._interfaces = dict(msg.interfaces)  # replaced whole: batches share it
             del msg  # 100,000 (slot, id) pairs: not kept alive while waiting for the next
 

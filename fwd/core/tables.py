@@ -7,7 +7,16 @@ from collections.abc import Mapping
 from fwd.core import abi
 from fwd.core.counters import SlotCounters
 from fwd.errors import PolicyError
-from fwd.messages import HistoryEntry, Reply, RulePage, RuleSlot, RuleStats, RuleTable
+from fwd.messages import (
+    HistoryEntry,
+    LinkChange,
+    LinkEvent,
+    Reply,
+    RulePage,
+    RuleSlot,
+    RuleStats,
+    RuleTable,
+)
 from fwd.policy.model import Action, Policy, Rule
 
 RESERVED_SLOTS = {
@@ -94,3 +103,13 @@ def history_entry(revision: int, applied_at: float, policy: Policy) -> HistoryEn
     return HistoryEntry(
         revision, applied_at, len(policy.rules), policy.default_action.value, policy.dry_run
     )
+
+
+def link_names(current: Mapping[str, int], event: LinkEvent) -> dict[str, int]:
+    """The interface name -> ifindex table after ``event`` (what rules compile against)."""
+    if event.change is LinkChange.RESYNC:
+        return {li.name: li.ifindex for li in event.links}
+    names = {n: i for n, i in current.items() if event.link is None or i != event.link.ifindex}
+    if event.link is not None and event.change is LinkChange.ADDED:
+        names[event.link.name] = event.link.ifindex
+    return names

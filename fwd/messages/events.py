@@ -21,7 +21,7 @@ class SlotNames:
     """
 
     revision: int
-    names: tuple[tuple[int, str], ...]
+    names: tuple[tuple[int, str], ...] | None  # None: unchanged since the last
     # ifindex -> interface name, the live link table (events name their interface
     # from it, not from a table captured when a subscription began).
     interfaces: tuple[tuple[int, str], ...] = ()
