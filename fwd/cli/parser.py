@@ -15,7 +15,7 @@ from fwd.cli.options import client_options, fresh_common
 
 COMMANDS_EPILOG = """\
 commands:
-  fwd agent [--socket PATH] [--state-dir DIR] [--bpffs DIR] [--include GLOB]...
+  fwd agent [--socket PATH] [--state-dir DIR] [--bpffs DIR] [--no-pin] [--include GLOB]...
             [--exclude GLOB]... [--dry-run] [--detach-on-exit] [--metrics ADDR] [--log-level LEVEL]
             [--etcd URL[,URL...] [--node NAME] [--label K=V]... [--etcd-prefix P] [--lease-ttl S]]
   fwd policy get [-o yaml|json]

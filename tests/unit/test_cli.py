@@ -289,6 +289,9 @@ def test_agent_builds_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert main(["agent"]) == 3
     assert seen["settings"].include == ("*",) and seen["settings"].exclude == ()
+    assert seen["settings"].pin is True
+    assert main(["agent", "--no-pin"]) == 3
+    assert seen["settings"].pin is False
 
 
 def test_format_table() -> None:
