@@ -19,7 +19,7 @@ A=fwd-demo-a; B=fwd-demo-b; C=fwd-demo-c
 RUN=/run/fwd-demo
 SOCK=$RUN/fwd.sock
 PIN=/sys/fs/bpf/fwd-demo
-FWD="$ROOT/.venv/bin/fwd"
+FWD="${FWD_BIN:-$ROOT/.venv/bin/fwd}"   # FWD_BIN: another fwd (tests/e2e/test_wheel.py: an installed wheel)
 PY="$ROOT/.venv/bin/python"
 AGENT_PID=""
 

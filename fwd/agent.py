@@ -114,7 +114,9 @@ async def serve(settings: Settings, obj_path: Path | None = None) -> None:
         _prepare_bpffs(bpffs)
     else:
         log.warning("pinning_disabled", reason="--no-pin: enforcement ends with this agent")
-    with BpfObject.open(obj_path or default_object_path()) as obj:
+    obj_path = obj_path or default_object_path()
+    log.info("bpf_object", path=str(obj_path))
+    with BpfObject.open(obj_path) as obj:
         configure_events(obj, rate=settings.event_rate, burst=settings.event_burst)
         if bpffs is not None:
             reuse = pins.reuse_pinned(obj, bpffs)

@@ -42,6 +42,16 @@ exit status: 0 success, 1 error (printed as 'fwd: STATUS: message'), 2 bad usage
 """
 
 
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml), or "unknown" outside one."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("fwd")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; ``fwd --help`` lists every command."""
     parser = argparse.ArgumentParser(
@@ -51,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=COMMANDS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"fwd {_version()}")
     client_options(parser.add_argument_group("client options (also after the command)"))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = fresh_common()
