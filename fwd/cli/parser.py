@@ -19,7 +19,7 @@ commands:
             [--exclude GLOB]... [--dry-run] [--detach-on-exit] [--metrics ADDR] [--log-level LEVEL]
             [--etcd URL[,URL...] [--node NAME] [--label K=V]... [--etcd-prefix P] [--lease-ttl S]]
   fwd policy get [-o yaml|json]
-  fwd policy apply FILE [--expect-revision N] [--force] [--dry-run] [--confirm-within D]
+  fwd policy apply FILE [--expect-revision N] [--force] [--dry-run] [--confirm-within D] [--allow-empty]
                         [--name N] [--selector S] [--priority P]     (cluster mode)
   fwd policy confirm [REV]
   fwd policy rollback REV [--expect-revision N]
