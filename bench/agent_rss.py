@@ -27,7 +27,7 @@ import controlplane  # noqa: E402
 from fwd.api.client import Client  # noqa: E402
 from fwd.policy.model import Policy  # noqa: E402
 from tests.e2e.agentproc import AgentProcess  # noqa: E402
-from tests.netns import BPFFS, Netns, default_prefix  # noqa: E402
+from tests.netns import Netns, bpffs, default_prefix  # noqa: E402
 
 
 def memory_mb(pid: int) -> tuple[float, float]:
@@ -52,7 +52,7 @@ def main() -> None:
     net = Netns()
     try:
         ns = net.make_netns()
-        pins = BPFFS / f"{default_prefix()}-rss-{os.getpid()}"
+        pins = bpffs() / f"{default_prefix()}-rss-{os.getpid()}"
         net.pin_dirs.append(pins)
         pins.mkdir()
         with tempfile.TemporaryDirectory() as work:

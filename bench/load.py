@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import anyio
 
 from tests.e2e.loadgen import LoadLab, LoadReport, final_state, rss_kib, run_load
-from tests.netns import BPFFS, Netns
+from tests.netns import Netns, bpffs
 
 WARMUP = 10.0
 SAMPLE = 5.0
@@ -67,7 +67,7 @@ def main() -> int:
     lab: LoadLab | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="fwd-load-") as tmp:
-            pins = BPFFS / f"{net.prefix}-load-{os.getpid()}"
+            pins = bpffs() / f"{net.prefix}-load-{os.getpid()}"
             net.pin_dirs.append(pins)
             pins.mkdir()
             lab = LoadLab.make(net, Path(tmp), pins)

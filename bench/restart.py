@@ -26,6 +26,7 @@ from fwd.kernel import pins  # noqa: E402
 from fwd.kernel.objects import BpfObject  # noqa: E402
 from fwd.kernel.rcu import RcuBarrier  # noqa: E402
 from fwd.kernel.dataplane import Dataplane  # noqa: E402
+from tests.netns import bpffs  # noqa: E402
 from fwd.policy.engine import Engine  # noqa: E402
 from fwd.policy.model import Policy  # noqa: E402
 
@@ -85,7 +86,7 @@ def main() -> None:
     print(f"{'shape':8} {'rules':>8} {'entries':>8} {'read':>7} {'diff':>7} {'adopt':>7} {'fresh':>7}")
     for shape, make in (("uniform", uniform), ("mixed", mixed)):
         for n in sizes:
-            root = Path("/sys/fs/bpf") / f"{tag}-restart-{os.getpid()}"
+            root = bpffs() / f"{tag}-restart-{os.getpid()}"
             root.mkdir()
             try:
                 read, diff, fresh, entries = measure(Policy(rules=make(n)), root)

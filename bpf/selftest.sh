@@ -27,6 +27,9 @@ if [[ -z ${OBJ:-} ]]; then
 	make -s -C "$HERE" >/dev/null
 	OBJ=$HERE/build/fwd.bpf.o
 fi
+# Never assume a bpffs at /sys/fs/bpf (a fresh machine has none): the agent's own
+# check-and-mount helper (standard library only, so the system python3 runs it).
+PYTHONPATH="$HERE/.." python3 -m fwd.kernel.bpffs /sys/fs/bpf >/dev/null
 bpftool prog loadall "$OBJ" "$PIN" type xdp pinmaps "$PIN/maps"
 export PIN
 

@@ -19,7 +19,7 @@ A=fwd-demo-a; B=fwd-demo-b; C=fwd-demo-c
 RUN=/run/fwd-demo
 SOCK=$RUN/fwd.sock
 PIN=/sys/fs/bpf/fwd-demo
-FWD="$ROOT/.venv/bin/fwd"
+FWD="${FWD_BIN:-$ROOT/.venv/bin/fwd}"   # FWD_BIN: another fwd (tests/e2e/test_wheel.py: an installed wheel)
 PY="$ROOT/.venv/bin/python"
 AGENT_PID=""
 
@@ -48,6 +48,15 @@ nsenter --net=/run/netns/$B "$FWD" agent --socket "$SOCK" --state-dir "$RUN/stat
 AGENT_PID=$!
 for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
 [ -S "$SOCK" ] || { echo "agent did not start" >&2; exit 1; }
+
+# The agent pinned its program, maps and links (mounting a bpffs at /sys/fs/bpf if there
+# was none): enforcement outlives it. A missing pin is a failure, not a footnote.
+IFX=$(ip -n $B -o link show veth-a | cut -d: -f1)
+for _ in $(seq 50); do [ -e "$PIN/links/$IFX" ] && break; sleep 0.1; done
+for p in "$PIN/prog" "$PIN/maps/fwd_rules" "$PIN/links/$IFX"; do
+    [ -e "$p" ] || { echo "FAIL: the agent did not pin $p" >&2; exit 1; }
+done
+echo "== pinned under $PIN: $(ls "$PIN" | tr '\n' ' ')"
 
 echo "== applying contrib/examples/demo-policy.yaml"
 "$FWD" policy apply --socket "$SOCK" contrib/examples/demo-policy.yaml

@@ -42,6 +42,7 @@ from fwd.kernel.ringbuf import RingBuffer, configure_events, kernel_event_stats
 from fwd.kernel.rcu import RcuBarrier
 from fwd.kernel.dataplane import Dataplane
 from fwd.core.counters import SlotCounters
+from fwd.kernel.bpffs import MOUNT_POINT, ensure, private_mount_namespace
 from fwd.errors import FwdError
 from fwd.actors.looplag import LoopLagMonitor
 from fwd.messages import (
@@ -97,20 +98,34 @@ async def _signals(scope: anyio.CancelScope) -> None:
 
 async def serve(settings: Settings, obj_path: Path | None = None) -> None:
     """Run every actor until cancelled; raises if one of them fails."""
-    bpffs = Path(settings.bpffs_dir)
-    with BpfObject.open(obj_path or default_object_path()) as obj:
+    bpffs = Path(settings.bpffs_dir) if settings.pin else None
+    if bpffs is not None:
+        _prepare_bpffs(bpffs)
+    else:
+        log.warning("pinning_disabled", reason="--no-pin: enforcement ends with this agent")
+    obj_path = obj_path or default_object_path()
+    log.info("bpf_object", path=str(obj_path))
+    with BpfObject.open(obj_path) as obj:
         configure_events(obj, rate=settings.event_rate, burst=settings.event_burst)
-        reuse = pins.reuse_pinned(obj, bpffs)
+        if bpffs is not None:
+            reuse = pins.reuse_pinned(obj, bpffs)
+        else:
+            reuse = pins.MapReuse(created=tuple(sorted(n for n in obj.maps() if n[0] != ".")))
         for note in reuse.notes:
             log.warning("pinned_map_not_reused", reason=note)
         obj.load()
         prog = obj.program(PROGRAM)
-        try:
-            pins.pin_object(obj, prog, bpffs, reuse)
+        if bpffs is not None:
+            # Never skipped silently: without pins a restart loses enforcement
+            # (the README's promise), so an operator who wants that says --no-pin.
+            try:
+                pins.pin_object(obj, prog, bpffs, reuse)
+            except (FwdError, OSError) as exc:
+                raise FwdError(
+                    f"pinning under --bpffs {bpffs} failed: {exc} (start with --no-pin to run "
+                    "without pins: enforcement then ends with the agent)"
+                ) from exc
             log.info("maps_pinned", reused=list(reuse.reused), created=list(reuse.created))
-        except (FwdError, OSError) as exc:
-            # Enforcement works unpinned; only what a restart can adopt is lost.
-            log.error("maps_pin_failed", bpffs=str(bpffs), error=str(exc))
         maps = obj.maps()
         ncpus = next(iter(maps.values())).ncpus
         store = SqliteStore(settings.state_dir)
@@ -249,6 +264,22 @@ async def read_counters(
         return ReadCounters(tuple(slots), reply)
 
     return await request(datapath, make, timeout=timeout)
+
+
+def _prepare_bpffs(pin_dir: Path) -> None:
+    """Make sure ``pin_dir`` is on a bpffs, mounting one at /sys/fs/bpf if needed."""
+    if ensure(pin_dir):
+        private = private_mount_namespace()
+        if private is False:
+            log.info("bpffs_mounted", path=str(MOUNT_POINT), private_mount_namespace=False)
+        else:
+            # ip netns exec, unshare -m, a container (or we cannot tell): the mount, and
+            # the pins in it, go away with this mount namespace, so a restart cannot adopt.
+            log.warning(
+                "bpffs_mounted", path=str(MOUNT_POINT), private_mount_namespace=private,
+                note="pins last as long as this mount namespace; start the agent with "
+                "'nsenter --net=...' rather than 'ip netns exec' to pin on the host's bpffs",
+            )
 
 
 def lockout_guard(settings: Settings) -> Callable[[Policy], None] | None:

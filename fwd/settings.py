@@ -12,6 +12,9 @@ class Settings:
     socket_path: str = "/run/fwd/fwd.sock"
     state_dir: str = "/var/lib/fwd"
     bpffs_dir: str = "/sys/fs/bpf/fwd"
+    # Pin maps, program and links under bpffs_dir (mounting a bpffs at /sys/fs/bpf
+    # if needed). False only on the operator's explicit --no-pin.
+    pin: bool = True
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = field(default_factory=tuple)
     reply_timeout: float = 10.0

@@ -27,6 +27,7 @@ import pytest
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = Path("/run/netns")
 BPFFS = Path("/sys/fs/bpf")
+"""Where test pins go; use :func:`bpffs` to get it, which makes sure it is a bpffs."""
 TEST_NET4 = ipaddress.IPv4Network("198.18.0.0/15")
 TEST_NET6 = ipaddress.IPv6Network("2001:2::/48")
 
@@ -34,6 +35,15 @@ _counter = itertools.count(1)
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.setns.restype = ctypes.c_int
+
+
+def bpffs() -> Path:
+    """The bpffs root for test pins, mounted first if it is not one (a fresh machine, a
+    private mount namespace): the same check and mount the agent does at start."""
+    from fwd.kernel.bpffs import ensure
+
+    ensure(BPFFS)
+    return BPFFS
 
 
 def default_prefix() -> str:
@@ -187,8 +197,8 @@ class Netns:
     # --- bpffs --------------------------------------------------------------------
 
     def pin_dir(self) -> Path:
-        """A fresh directory of our own under /sys/fs/bpf."""
-        path = BPFFS / f"fwd-test-{os.getpid()}-{next(_counter)}"
+        """A fresh directory of our own under /sys/fs/bpf (a bpffs, mounted if need be)."""
+        path = bpffs() / f"fwd-test-{os.getpid()}-{next(_counter)}"
         self.pin_dirs.append(path)
         path.mkdir()
         return path

@@ -30,7 +30,7 @@ from fwd.kernel.dataplane import Dataplane
 from fwd.policy.engine import Engine
 from fwd.policy.model import policy_from_dict
 from tests.e2e.agentproc import AgentProcess
-from tests.netns import BPFFS, Netns
+from tests.netns import Netns, bpffs
 
 ROOT = Path(__file__).resolve().parents[2]
 OBJECT = ROOT / "bpf/build/fwd.bpf.o"
@@ -96,7 +96,7 @@ class Agent:
         self._tmp = tempfile.TemporaryDirectory(prefix="fwdb-agent-")
         build_object()
         # Pins under /sys/fs/bpf/<ns>-pins (ns is fwdb-<pid>-<n>); Netns.cleanup removes it.
-        pins = BPFFS / f"{ns}-pins"
+        pins = bpffs() / f"{ns}-pins"
         net.pin_dirs.append(pins)
         pins.mkdir()
         self.proc = AgentProcess(ns, Path(self._tmp.name), pins, "--include", dev)

@@ -177,10 +177,15 @@ class ClusterAdmin:
         # Status first: a node's labels are then at least as new as its status.
         statuses = await self._etcd.get_prefix(lay.status)
         labels = await self._etcd.get_prefix(lay.labels)
+        # Lag is measured against what agents watch (labels/ and policies/), not the
+        # store's revision, which every status write (a node's own heartbeat of news)
+        # moves on: a converged, quiet cluster reads lag 0 on every node.
+        watched = await self._etcd.newest_mod_revision(*lay.watch_range())
         return overview.cluster_view(
             statuses.revision,
             self._named(lay.labels, labels.kvs),
             self._named(lay.status, statuses.kvs),
+            policy_revision=watched,
         )
 
     def _named(self, directory: str, kvs: tuple[KeyValue, ...]) -> dict[str, bytes]:

@@ -42,6 +42,7 @@ def _agent(args: argparse.Namespace) -> int:
         socket_path=args.socket,
         state_dir=args.state_dir,
         bpffs_dir=args.bpffs,
+        pin=not args.no_pin,
         include=tuple(args.include) if args.include else Settings().include,
         exclude=tuple(args.exclude),
         detach_on_exit=args.detach_on_exit,
@@ -138,6 +139,13 @@ def register(sub: Any) -> None:
         default=defaults.bpffs_dir,
         metavar="DIR",
         help="pin programs, links and maps here (default: %(default)s)",
+    )
+    agent.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="pin nothing (no bpffs needed): enforcement ends when the agent stops and a "
+        "restarted agent re-attaches instead of adopting; by default a bpffs is mounted at "
+        "/sys/fs/bpf if none is there, and a pin failure stops the agent",
     )
     agent.add_argument(
         "--include",

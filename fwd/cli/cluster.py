@@ -49,8 +49,8 @@ async def _status(client: Client, args: argparse.Namespace, out: TextIO) -> None
     reply = await client._call(stub.status(pb.ClusterStatusRequest(selector=args.selector)))
     nodes = [node_to_json(n) for n in reply.nodes]
     if args.output == "json":
-        out.write(json.dumps({"revision": reply.revision, "nodes": nodes}, indent=2,
-                             sort_keys=True) + "\n")  # fmt: skip
+        out.write(json.dumps({"revision": reply.revision, "policy_revision": reply.policy_revision,
+                              "nodes": nodes}, indent=2, sort_keys=True) + "\n")  # fmt: skip
         return
     rows = [
         [
@@ -66,7 +66,8 @@ async def _status(client: Client, args: argparse.Namespace, out: TextIO) -> None
         for n in nodes
     ]
     headers = ["NODE", "STATE", "LABELS", "SYNCED", "LAG", "POLICY", "INTERFACES", "ERROR"]
-    out.write(f"# etcd revision {reply.revision}\n")
+    out.write(f"# etcd revision {reply.revision}; LAG counts from {reply.policy_revision}, "
+              "the newest change under labels/ and policies/\n")
     out.write(format_table(headers, rows))
 
 

@@ -1,10 +1,23 @@
-"""How the CLI prints: aligned tables, JSON, enum names; the error a command fails with."""
+"""How the CLI prints: aligned tables, JSON, enum names; the error a command fails with.
+
+Every ``-o json`` output follows one convention: keys are snake_case (proto field names,
+never protobuf's camelCase JSON names); integers are JSON numbers, 64-bit ones too
+(protobuf's JSON mapping makes them strings); enums are the short lower-case words the
+policy YAML uses (``drop``, ``native``), never proto names (``ACTION_DROP``).
+:func:`message_to_json` applies it to any API message; tests/e2e/test_json_output.py
+checks it over every command that has ``-o json``.
+"""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import enum
 import json
 from collections.abc import Sequence
 from typing import Any
+
+import betterproto2
 
 from fwd.api.gen.fwd import v1 as pb
 
@@ -40,6 +53,28 @@ def enum_name(value: Any) -> str:
     if not name or name.startswith("~"):
         return str(int(value))
     return str(name).lower()
+
+
+def message_to_json(message: betterproto2.Message) -> dict[str, Any]:
+    """An API message as JSON data in the CLI's convention, every field present (with its
+    default when unset; an absent message is null)."""
+    fields = dataclasses.fields(message)  # type: ignore[arg-type]  # generated dataclasses
+    return {f.name: _json_value(getattr(message, f.name)) for f in fields}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, betterproto2.Message):
+        return message_to_json(value)
+    if isinstance(value, enum.Enum):
+        word = enum_name(value)
+        return int(word) if word.lstrip("-").isdigit() else word
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return value
 
 
 def interface_to_json(iface: pb.Interface) -> dict[str, Any]:

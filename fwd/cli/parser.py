@@ -15,11 +15,11 @@ from fwd.cli.options import client_options, fresh_common
 
 COMMANDS_EPILOG = """\
 commands:
-  fwd agent [--socket PATH] [--state-dir DIR] [--bpffs DIR] [--include GLOB]...
+  fwd agent [--socket PATH] [--state-dir DIR] [--bpffs DIR] [--no-pin] [--include GLOB]...
             [--exclude GLOB]... [--dry-run] [--detach-on-exit] [--metrics ADDR] [--log-level LEVEL]
             [--etcd URL[,URL...] [--node NAME] [--label K=V]... [--etcd-prefix P] [--lease-ttl S]]
   fwd policy get [-o yaml|json]
-  fwd policy apply FILE [--expect-revision N] [--force] [--dry-run] [--confirm-within D]
+  fwd policy apply FILE [--expect-revision N] [--force] [--dry-run] [--confirm-within D] [--allow-empty]
                         [--name N] [--selector S] [--priority P]     (cluster mode)
   fwd policy confirm [REV]
   fwd policy rollback REV [--expect-revision N]
@@ -42,6 +42,16 @@ exit status: 0 success, 1 error (printed as 'fwd: STATUS: message'), 2 bad usage
 """
 
 
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml), or "unknown" outside one."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("fwd")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; ``fwd --help`` lists every command."""
     parser = argparse.ArgumentParser(
@@ -51,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=COMMANDS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"fwd {_version()}")
     client_options(parser.add_argument_group("client options (also after the command)"))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = fresh_common()

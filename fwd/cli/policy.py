@@ -10,7 +10,7 @@ from typing import Any, TextIO
 from fwd.api.client import Client
 from fwd.api.convert import policy_from_proto
 from fwd.cli.options import duration_arg, revision_arg
-from fwd.cli.output import Failed, dumps, enum_name, format_table, summary
+from fwd.cli.output import Failed, dumps, enum_name, format_table, message_to_json, summary
 from fwd.errors import PolicyError
 from fwd.policy.files import dump_policy_yaml, load_policy_file
 from fwd.policy.model import Policy, policy_to_dict
@@ -23,7 +23,7 @@ async def _policy_get(client: Client, args: argparse.Namespace, out: TextIO) -> 
     if args.output == "json":
         doc: dict[str, Any] = {"revision": response.revision, "policy": policy_to_dict(policy)}
         if response.adoption is not None:  # what the agent took over when it started
-            doc["adoption"] = response.adoption.to_dict()
+            doc["adoption"] = message_to_json(response.adoption)
         out.write(dumps(doc))
     else:
         # The revision as a comment keeps the output a valid policy file.
@@ -33,7 +33,7 @@ async def _policy_get(client: Client, args: argparse.Namespace, out: TextIO) -> 
 def load_policy(args: argparse.Namespace) -> None:
     """Validate the file before connecting: a broken file needs no agent to be reported."""
     try:
-        args.policy = load_policy_file(args.file)
+        args.policy = load_policy_file(args.file, allow_empty=getattr(args, "allow_empty", True))
     except PolicyError as exc:
         text = str(exc)
         raise Failed(text if args.file in text else f"{args.file}: {text}") from None
@@ -176,6 +176,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--dry-run",
         action="store_true",
         help="apply in dry-run: nothing is dropped, would-be drops are counted and logged",
+    )
+    apply.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="apply a file that sets nothing (empty, /dev/null, only comments): it is "
+        "enforced as allow-all, so without this it is refused",
     )
     apply.add_argument(
         "--confirm-within",

@@ -15,6 +15,7 @@ from fwd.cli.options import change_options
 from fwd.cli.output import format_table, summary
 from fwd.errors import PolicyError
 from fwd.policy.model import parse_rule
+from fwd.policy.model import rule_to_dict as model_rule_to_dict
 
 
 async def _rules_list(client: Client, args: argparse.Namespace, out: TextIO) -> None:
@@ -29,7 +30,9 @@ async def _rules_list(client: Client, args: argparse.Namespace, out: TextIO) -> 
         token = page.next_page_token
         if not token:
             break
-    dicts = [rule_to_dict(r) for r in rules]
+    # Through the model: the same plain-data form as `fwd policy get` (ports as numbers).
+    dicts = [model_rule_to_dict(parse_rule(rule_to_dict(r), f"rules[{i}]"))
+             for i, r in enumerate(rules)]  # fmt: skip
     if args.output == "json":
         out.write(json.dumps(dicts, indent=2, sort_keys=True) + "\n")
         return

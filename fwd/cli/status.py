@@ -9,12 +9,18 @@ import time
 from typing import Any, TextIO
 
 import anyio
-import betterproto2
 
 from fwd.api.client import Client
 from fwd.api.gen.fwd import v1 as pb
 from fwd.cli.options import positive_arg
-from fwd.cli.output import dumps, enum_name, format_table, interface_to_json, rule_stats_to_json
+from fwd.cli.output import (
+    dumps,
+    enum_name,
+    format_table,
+    interface_to_json,
+    message_to_json,
+    rule_stats_to_json,
+)
 
 
 async def _events(client: Client, args: argparse.Namespace, out: TextIO) -> None:
@@ -45,10 +51,7 @@ async def _events(client: Client, args: argparse.Namespace, out: TextIO) -> None
 
 def _event_line(e: pb.Event, output: str) -> str:
     if output == "json":
-        return json.dumps(
-            e.to_dict(casing=betterproto2.Casing.SNAKE, include_default_values=True),
-            sort_keys=True,
-        )
+        return json.dumps(message_to_json(e), sort_keys=True)
     verdict = "DROP" if e.dropped else ("WOULD-DROP" if e.would_drop else enum_name(e.action))
     when = time.strftime("%H:%M:%S", time.localtime(e.time_unix_ns / 1e9))
     rule = e.rule_id or ("(default)" if e.default_action else "(malformed)")

@@ -36,7 +36,8 @@ def read_labels(node: str, raw: bytes) -> dict[str, str]:
 
 
 def node_view(node: str, raw: bytes, labels: Mapping[str, str] | None, revision: int) -> NodeView:
-    """A live node from its status record (docs/cluster.md has the fields).
+    """A live node from its status record (docs/cluster.md has the fields); its lag is
+    ``revision`` (the newest change the agents watch) minus its synced revision.
 
     ``labels`` from the node's labels key win over the ones in the record (etcd
     is the truth; the record says what the agent last saw).
@@ -62,17 +63,28 @@ def node_view(node: str, raw: bytes, labels: Mapping[str, str] | None, revision:
 
 
 def cluster_view(
-    revision: int, labels: Mapping[str, bytes], statuses: Mapping[str, bytes]
+    revision: int,
+    labels: Mapping[str, bytes],
+    statuses: Mapping[str, bytes],
+    *,
+    policy_revision: int | None = None,
 ) -> ClusterView:
-    """Every node named by a labels key or a status record, ordered by name."""
+    """Every node named by a labels key or a status record, ordered by name.
+
+    ``revision`` is the store's revision of the read; ``policy_revision`` the newest mod
+    revision under labels/ and policies/ (what agents watch), which lag is measured
+    against (``revision`` when not given). Status writes move the store's revision but
+    no agent watches them, so measuring against it showed lag on a quiet cluster.
+    """
+    reference = revision if policy_revision is None else policy_revision
     nodes = []
     for node in sorted(set(labels) | set(statuses)):
         own = read_labels(node, labels[node]) if node in labels else None
         if node in statuses:
-            nodes.append(node_view(node, statuses[node], own, revision))
+            nodes.append(node_view(node, statuses[node], own, reference))
         else:
             nodes.append(NodeView(node, labels_of(own or {}), live=False))
-    return ClusterView(revision, tuple(nodes))
+    return ClusterView(revision, tuple(nodes), policy_revision=reference)
 
 
 @dataclass(frozen=True)

@@ -100,10 +100,12 @@ class NodeView:
 
 @dataclass(frozen=True)
 class ClusterView:
-    """Every node known to etcd at ``revision``, ordered by name."""
+    """Every node known to etcd at ``revision``, ordered by name; lag is measured
+    against ``policy_revision``, the newest change under labels/ and policies/."""
 
     revision: int
     nodes: tuple[NodeView, ...]
+    policy_revision: int = 0
 
 
 @dataclass(frozen=True)

@@ -74,11 +74,13 @@ def _syntax_error(exc: yaml.YAMLError, source: str) -> PolicyError:
     return PolicyError("", f"{where}: invalid YAML: {detail}")
 
 
-def load_policy_text(text: str, source: str = "<policy>") -> Policy:
+def load_policy_text(text: str, source: str = "<policy>", *, allow_empty: bool = True) -> Policy:
     """Parse and validate a policy document (YAML or JSON).
 
     Raises PolicyError for syntax errors (field "", message with line/column),
-    oversized documents and every validation error of ``policy_from_dict``.
+    oversized documents and every validation error of ``policy_from_dict``; with
+    ``allow_empty`` False also for a document that says nothing (:func:`is_empty`),
+    which would be enforced as allow-all.
     """
     # Characters are at most 4 bytes: only measure the encoding when it could matter.
     if len(text) > MAX_POLICY_BYTES // 4:
@@ -91,7 +93,21 @@ def load_policy_text(text: str, source: str = "<policy>") -> Policy:
             raw = yaml.load(text, Loader=_Loader)
         except yaml.YAMLError as exc:
             raise _syntax_error(exc, source) from None
+    if not allow_empty and is_empty(raw):
+        raise PolicyError(
+            "",
+            f"{source}: the policy is empty (no rules, no default_action): applied, it would "
+            "allow everything; pass --allow-empty if that is what you mean",
+        )
     return policy_from_dict(raw)
+
+
+def is_empty(raw: Any) -> bool:
+    """Whether a parsed document sets nothing: no document (an empty file, /dev/null, only
+    comments), ``{}``, or only keys without values (``rules:``)."""
+    if raw is None:
+        return True
+    return isinstance(raw, dict) and all(v is None or v == [] or v == {} for v in raw.values())
 
 
 _NOT_JSON = object()
@@ -127,8 +143,9 @@ def _load_json(text: str, source: str) -> Any:
         return _NOT_JSON  # a YAML flow mapping ({rules: []}) or broken: YAML says which
 
 
-def load_policy_file(path: str | os.PathLike[str]) -> Policy:
-    """Read, parse and validate a policy file; unreadable files raise PolicyError."""
+def load_policy_file(path: str | os.PathLike[str], *, allow_empty: bool = True) -> Policy:
+    """Read, parse and validate a policy file; unreadable files raise PolicyError
+    (and so does an empty one unless ``allow_empty``: see :func:`load_policy_text`)."""
     name = os.fspath(path)
     try:
         with open(name, "rb") as f:
@@ -143,7 +160,7 @@ def load_policy_file(path: str | os.PathLike[str]) -> Policy:
         text = data.decode("utf-8-sig")  # tolerate a BOM from Windows editors
     except UnicodeDecodeError as exc:
         raise PolicyError("", f"{name}: not UTF-8 text (byte {exc.start})") from None
-    return load_policy_text(text, source=name)
+    return load_policy_text(text, source=name, allow_empty=allow_empty)
 
 
 def dump_policy_yaml(policy: Policy) -> str:

@@ -341,10 +341,11 @@ def rule_to_dict(r: Rule) -> dict[str, Any]:
         d["src"] = [_net_str(n) for n in r.src]
     if r.dst:
         d["dst"] = [_net_str(n) for n in r.dst]
+    # A port is a number, a range "first-last" (as written in policy files).
     if r.src_ports:
-        d["src_ports"] = [str(p) for p in r.src_ports]
+        d["src_ports"] = [p.first if p.first == p.last else str(p) for p in r.src_ports]
     if r.dst_ports:
-        d["dst_ports"] = [str(p) for p in r.dst_ports]
+        d["dst_ports"] = [p.first if p.first == p.last else str(p) for p in r.dst_ports]
     if r.interfaces:
         d["interfaces"] = list(r.interfaces)
     if r.log:

@@ -27,7 +27,7 @@ from fwd.policy.engine import Engine, Pending
 from fwd.policy.model import Policy, policy_from_dict
 from tests import packets as P
 from tests.bpf.test_dataplane import CORPUS, IFNAMES, LO, POLICIES, ROOT, Plane
-from tests.netns import BPFFS, require_root
+from tests.netns import bpffs, require_root
 
 pytestmark = pytest.mark.root
 
@@ -41,7 +41,7 @@ def pin_root() -> Iterator[Path]:
     require_root()
     subprocess.run(["make", "-s", "-C", str(ROOT / "bpf")], check=True)
     tag = os.environ.get("FWD_TEST_NS_PREFIX", "fwdt")
-    path = BPFFS / f"{tag}-adopt-{os.getpid()}"
+    path = bpffs() / f"{tag}-adopt-{os.getpid()}"
     path.mkdir()
     try:
         yield path

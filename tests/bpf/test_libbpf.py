@@ -25,6 +25,7 @@ from fwd.kernel.objpath import default_object_path
 from fwd.kernel.xdp import XdpLink, attach_xdp, attach_xdp_best, query_xdp
 from fwd.errors import BpfError, LinkError
 from fwd.messages import AttachMode
+from tests.netns import bpffs
 
 pytestmark = [
     pytest.mark.root,
@@ -116,7 +117,7 @@ def obj(obj_path: Path) -> Iterator[BpfObject]:
 
 @pytest.fixture
 def pin_dir() -> Iterator[Path]:
-    d = Path(f"/sys/fs/bpf/fwd-test-{os.getpid()}")
+    d = bpffs() / f"fwd-test-{os.getpid()}"
     d.mkdir()
     try:
         yield d

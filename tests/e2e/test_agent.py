@@ -76,6 +76,15 @@ class Lab:
         return {i.name: i for i in self.call(lambda c: c.list_interfaces())}
 
 
+def wait_subscribed(lab: Lab, before: int, timeout: float = 15.0) -> None:
+    """Until the agent logs one more events subscription than ``before``: traffic sent
+    earlier is never seen by the subscriber (a fixed sleep was too short under load)."""
+    deadline = time.monotonic() + timeout
+    while lab.agent.log().count('"events_subscribed"') <= before:
+        assert time.monotonic() < deadline, "the events subscription did not start"
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     net = Netns(prefix="fwde2e")
@@ -277,12 +286,13 @@ def test_restart_restores_policy_and_adopts_links(lab: Lab) -> None:
 def test_logged_drops_stream_to_subscribers(lab: Lab) -> None:
     logged = {"rules": [{**DROP_A["rules"][0], "log": True}, DROP_A["rules"][1]]}  # type: ignore[dict-item]
     lab.apply(logged)
+    before = lab.agent.log().count('"events_subscribed"')
     argv = [sys.executable, "-m", "fwd", "events", "--socket", lab.agent.socket, "--count", "15",
             "--duration", "20", "--rule", "drop-a-udp-9999", "-o", "json"]
     sub = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            cwd=Path(__file__).resolve().parents[2])
     try:
-        time.sleep(1.0)  # let the subscription start
+        wait_subscribed(lab, before)
         udp_count(lab.net, lab.b, "0.0.0.0", [9998, 9999],
                   [(lab.a, "198.18.1.1", 9999, 15), (lab.a, "198.18.1.1", 9998, 5)])
         out, err = sub.communicate(timeout=30)
@@ -353,12 +363,13 @@ def test_dry_run_drops_nothing_and_counts_would_drops(lab: Lab, tmp_path: Path) 
     applied = cli(lab, "policy", "apply", "--dry-run", str(policy))
     assert applied.returncode == 0, applied.stderr
     assert "dry_run: true" in cli(lab, "policy", "get").stdout
+    before = lab.agent.log().count('"events_subscribed"')
     argv = [sys.executable, "-m", "fwd", "events", "--socket", lab.agent.socket, "--count", "12",
             "--duration", "20", "-o", "json"]
     sub = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            cwd=Path(__file__).resolve().parents[2])
     try:
-        time.sleep(1.0)
+        wait_subscribed(lab, before)
         got = udp_count(lab.net, lab.b, "0.0.0.0", [9999], [(lab.a, "198.18.1.1", 9999, 12)])
         out, err = sub.communicate(timeout=30)
     finally:

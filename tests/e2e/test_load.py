@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from tests.e2e.loadgen import LoadLab, final_state, rss_kib, run_load
-from tests.netns import BPFFS, Netns, netns  # noqa: F401 - fixture
+from tests.netns import Netns, bpffs, netns  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.root
 
@@ -21,7 +21,7 @@ SECONDS = 5.0
 
 
 def test_concurrent_clients_lose_no_apply(netns: Netns, tmp_path: Path) -> None:  # noqa: F811
-    pins = BPFFS / f"{netns.prefix}-load-{os.getpid()}"
+    pins = bpffs() / f"{netns.prefix}-load-{os.getpid()}"
     netns.pin_dirs.append(pins)
     pins.mkdir()
     lab = LoadLab.make(netns, tmp_path, pins)

@@ -10,6 +10,7 @@ must accept the scrape. The agent's stderr must be JSON lines with stable keys.
 from __future__ import annotations
 
 import ctypes
+import re
 import json
 import shutil
 import subprocess
@@ -240,3 +241,61 @@ def test_if_stats_map_read_in_batches() -> None:
         assert read_if_stats(m, ncpus) == expect
     finally:
         m.close()
+
+
+# --- the Grafana dashboard (contrib/grafana) reads only what a real agent exports ----------
+
+DASHBOARD = ROOT / "contrib" / "grafana" / "fwd-dashboard.json"
+_METRIC = re.compile(r"\b(fwd_[a-z0-9_]+)\b")
+_GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+_MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)\s*\"")
+# Grafana's variables, as Prometheus would see them after substitution.
+_VARIABLES = {"$__rate_interval": "5m", "$instance": ".*"}
+
+
+def dashboard_queries(node: Any) -> Iterator[str]:
+    """Every PromQL string in the dashboard: panel targets and variable queries."""
+    if isinstance(node, dict):
+        for key, val in node.items():
+            if key in ("expr", "definition") and isinstance(val, str):
+                yield val
+            else:
+                yield from dashboard_queries(val)
+    elif isinstance(node, list):
+        for item in node:
+            yield from dashboard_queries(item)
+
+
+def test_dashboard_queries_read_real_metrics(lab: Lab, tmp_path: Path) -> None:
+    lab.apply(POLICY)  # a gRPC call, so the request histogram has series
+    udp_count(lab.net, lab.b, "0.0.0.0", [9999], [(lab.a, "198.18.1.1", 9999, 5)])
+    labels: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(lab.scrape_text()):
+        for s in family.samples:
+            labels.setdefault(s.name, set()).update(s.labels)
+    queries = list(dashboard_queries(json.loads(DASHBOARD.read_text())))
+    assert len(queries) >= 20
+    for query in queries:
+        names = _METRIC.findall(query)
+        assert names, f"reads no fwd metric: {query}"
+        missing = [n for n in names if n not in labels]
+        assert not missing, f"{query}: not in the agent's scrape: {missing}"
+        # Labels the query groups or filters by exist on the metrics it reads (instance
+        # and job are Prometheus's own).
+        known = set().union(*(labels[n] for n in names)) | {"instance", "job"}
+        used = {m for m in _MATCHER.findall(query)}
+        for group in _GROUPING.findall(query):
+            used |= {g.strip() for g in group.split(",") if g.strip()}
+        assert used <= known, f"{query}: unknown labels {used - known}"
+    # And Prometheus parses every expression (promtool checks recording rules' PromQL).
+    if shutil.which("promtool"):
+        exprs = [q for q in queries if not q.startswith("label_values(")]
+        for var, val in _VARIABLES.items():
+            exprs = [e.replace(var, val) for e in exprs]
+        rules = {"groups": [{"name": "dashboard", "rules": [
+            {"record": f"fwd:dashboard_{i}", "expr": e} for i, e in enumerate(exprs)]}]}
+        path = tmp_path / "rules.yml"
+        path.write_text(json.dumps(rules))  # JSON is YAML
+        proc = subprocess.run(["promtool", "check", "rules", str(path)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr

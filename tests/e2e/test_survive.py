@@ -32,7 +32,7 @@ from fwd.core import abi
 from fwd.kernel.maps import Map
 from fwd.policy.model import policy_from_dict
 from tests.e2e.agentproc import AgentProcess
-from tests.netns import BPFFS, Netns, netns, run, run_in  # noqa: F401 - fixture
+from tests.netns import Netns, bpffs, netns, run, run_in  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.root
 
@@ -91,7 +91,7 @@ def test_sigkill_under_flood_lets_nothing_through(netns: Netns, tmp_path: Path) 
     netns.veth_pair(b, "veth-a", a, "eth0")
     netns.add_address(b, "veth-a", "198.18.1.1/24")
     netns.add_address(a, "eth0", "198.18.1.2/24")
-    pins = BPFFS / f"{netns.prefix}-survive-{os.getpid()}"
+    pins = bpffs() / f"{netns.prefix}-survive-{os.getpid()}"
     netns.pin_dirs.append(pins)
     pins.mkdir()
     agent = AgentProcess(b, tmp_path, pins)

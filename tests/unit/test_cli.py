@@ -83,7 +83,7 @@ async def test_policy_apply_then_get_yaml_and_json(tmp_path: Path) -> None:
         data = json.loads(out)
         assert data["revision"] == 1
         assert data["policy"] == policy_to_dict(load_policy_text(POLICY_YAML))
-        assert data["policy"]["rules"][0]["dst_ports"] == ["22", "8000-8080"]
+        assert data["policy"]["rules"][0]["dst_ports"] == [22, "8000-8080"]  # numbers as numbers
         assert out == json.dumps(data, sort_keys=True, indent=2) + "\n"
 
 
@@ -289,6 +289,9 @@ def test_agent_builds_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert main(["agent"]) == 3
     assert seen["settings"].include == ("*",) and seen["settings"].exclude == ()
+    assert seen["settings"].pin is True
+    assert main(["agent", "--no-pin"]) == 3
+    assert seen["settings"].pin is False
 
 
 def test_format_table() -> None:

@@ -192,7 +192,10 @@ async def test_label_status_and_wait(tmp_path: Path, etcd_server: EtcdServer) ->
         assert sorted(nodes) == ["a", "b", "c", "gone"]
         assert [n.live for n in status.nodes] == [True, True, True, False]
         assert nodes["a"].labels == {"role": "edge"} and nodes["a"].version == "test"
-        assert nodes["c"].lag == status.revision - 1
+        # Lag counts from the newest change under labels/ and policies/ (the policy p),
+        # not from the status writes after it.
+        assert status.policy_revision == target < status.revision
+        assert [nodes[n].lag for n in "abc"] == [0, 1, target - 1]
         edge = await cluster.status(pb.ClusterStatusRequest(selector="role=edge"))
         assert [n.node for n in edge.nodes] == ["a", "b", "gone"]
 

@@ -39,6 +39,16 @@ def test_nodes_from_labels_and_status_records() -> None:
     assert not nodes["gone"].live and nodes["gone"].synced_revision == 0
 
 
+def test_lag_counts_from_the_newest_watched_change() -> None:
+    """Status writes moved the store to 25; the newest label/policy change is 19."""
+    statuses = {"a": status("a", 18), "b": status("b", 19), "c": status("c", 24)}
+    view = cluster_view(25, labels={}, statuses=statuses, policy_revision=19)
+    assert (view.revision, view.policy_revision) == (25, 19)
+    assert {n.node: n.lag for n in view.nodes} == {"a": 1, "b": 0, "c": 0}
+    # Without it (older callers), lag counts from the store's revision.
+    assert cluster_view(25, {}, statuses).nodes[0].lag == 7
+
+
 def test_wait_state_counts_only_live_selected_nodes() -> None:
     view = cluster_view(
         30,

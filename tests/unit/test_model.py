@@ -148,6 +148,13 @@ def test_a_policy_must_be_a_mapping() -> None:
 def test_empty_and_null_documents_are_the_empty_policy() -> None:
     assert load_policy_text("") == Policy()
     assert load_policy_text("rules:\n") == Policy()
+    # What `fwd policy apply` reads: a file that says nothing is refused by name...
+    for text in ("", "# nothing yet\n", "{}", "rules:\n", "rules: []\nsets: {}\n"):
+        with pytest.raises(PolicyError, match=r"^e\.yaml: the policy is empty .*--allow-empty"):
+            load_policy_text(text, "e.yaml", allow_empty=False)
+    # ...while one that says allow-all in so many words is not.
+    assert load_policy_text("default_action: allow\n", allow_empty=False) == Policy()
+    assert load_policy_text("dry_run: false\n", allow_empty=False) == Policy()
 
 
 def test_lone_values_are_lists_of_one() -> None:

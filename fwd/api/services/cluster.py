@@ -113,6 +113,7 @@ class ClusterService(pb.ClusterServiceBase):
         return pb.ClusterStatusResponse(
             revision=view.revision,
             nodes=[node_to_proto(n) for n in view.nodes if selector.matches(dict(n.labels))],
+            policy_revision=view.policy_revision,
         )
 
     async def wait(self, message: pb.ClusterWaitRequest) -> pb.ClusterWaitResponse:
