@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import anyio
 import pytest
-from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory  # type: ignore[import-untyped]
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 from grpclib.health.v1.health_grpc import HealthStub
