@@ -23,15 +23,17 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from fwd.cluster import overview
-from fwd.cluster.etcd import EtcdClient, EtcdError, EtcdUnavailable, KeyValue
+from fwd.cluster.etcd import EtcdClient, EtcdError, EtcdUnavailable, KeyValue, PermissionDenied, prefix_end
 from fwd.cluster.layout import (
     Layout,
+    PolicyRecord,
     decode_policy_record,
     encode_labels,
     encode_policy_record,
 )
 from fwd.cluster.merge import check_mergeable
 from fwd.errors import (
+    AccessDenied,
     ClusterUnavailable,
     FwdError,
     NotFound,
@@ -74,6 +76,7 @@ class ClusterAdmin:
     def __init__(self, client: EtcdClient, layout: Layout) -> None:
         self._etcd = client
         self._layout = layout
+        self._decoded: dict[str, PolicyRecord] = {}
 
     async def run(
         self,
@@ -97,6 +100,11 @@ class ClusterAdmin:
             generation = self._etcd.generation
             reply = Reply(error=ClusterUnavailable(str(e)))
             await self._etcd.failover(generation)
+        except PermissionDenied as e:
+            reply = Reply(error=AccessDenied(
+                f"{e}: this agent has no etcd admin identity (fwd agent --etcd-admin-cert/"
+                "--etcd-admin-key); write with your own admin certificate instead: "
+                "fwd ... --etcd URL --etcd-ca CA --etcd-cert CERT --etcd-key KEY"))  # fmt: skip
         except EtcdError as e:
             reply = Reply(error=PreconditionFailed(str(e)))
         except FwdError as e:
@@ -173,20 +181,42 @@ class ClusterAdmin:
         return listed.revision, tuple(infos)
 
     async def read_status(self) -> Any:
+        """Status records, labels and policies read at one revision (one read-only txn),
+        so whether a node is current is judged against one state of etcd."""
         lay = self._layout
-        # Status first: a node's labels are then at least as new as its status.
-        statuses = await self._etcd.get_prefix(lay.status)
-        labels = await self._etcd.get_prefix(lay.labels)
+        ranges = [(d, prefix_end(d)) for d in (lay.status, lay.labels, lay.policies)]
+        read = await self._etcd.get_ranges(ranges)
+        kvs = {d: tuple(kv for kv in read.kvs if kv.key.startswith(d)) for d in (lay.status, lay.labels, lay.policies)}
         # Lag is measured against what agents watch (labels/ and policies/), not the
         # store's revision, which every status write (a node's own heartbeat of news)
         # moves on: a converged, quiet cluster reads lag 0 on every node.
-        watched = await self._etcd.newest_mod_revision(*lay.watch_range())
+        watched = max((kv.mod_revision for d in (lay.labels, lay.policies) for kv in kvs[d]), default=0)
         return overview.cluster_view(
-            statuses.revision,
-            self._named(lay.labels, labels.kvs),
-            self._named(lay.status, statuses.kvs),
+            read.revision,
+            self._named(lay.labels, kvs[lay.labels]),
+            self._named(lay.status, kvs[lay.status]),
+            self._policies(kvs[lay.policies]),
             policy_revision=watched,
         )
+
+    def _policies(self, kvs: tuple[KeyValue, ...]) -> list[PolicyRecord]:
+        """The valid policy records, decoded once per (name, mod revision)."""
+        out = []
+        seen = {}
+        for kv in kvs:
+            name = self._layout.name_in(self._layout.policies, kv.key)
+            if name is None:
+                continue
+            record = self._decoded.get(name)
+            if record is None or record.mod_revision != kv.mod_revision:
+                try:
+                    record = decode_policy_record(name, kv.value, kv.mod_revision)
+                except PolicyError:
+                    continue
+            seen[name] = record
+            out.append(record)
+        self._decoded = seen
+        return out
 
     def _named(self, directory: str, kvs: tuple[KeyValue, ...]) -> dict[str, bytes]:
         out = {}

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from fwd.cluster.credentials import TlsCredentials
 from fwd.errors import FwdError
 
 # aetcd and grpc are imported lazily (in EtcdClient.connect) so `import fwd.cluster.etcd`
@@ -36,6 +37,14 @@ class EtcdError(FwdError):
 
 class EtcdUnavailable(EtcdError):
     """etcd could not be reached or the stream broke: back off, reconnect, reload."""
+
+
+class PermissionDenied(EtcdError):
+    """etcd's auth refused the request: this identity's roles do not allow it."""
+
+
+class CredentialsChanged(EtcdUnavailable):
+    """The TLS files changed: end the session and reconnect with the new identity."""
 
 
 class Compacted(EtcdError):
@@ -90,21 +99,53 @@ class TxnResult:
     current: KeyValue | None = None
 
 
-def parse_urls(urls: str | Sequence[str]) -> list[tuple[str, int]]:
-    """``http://h:p,http://h2:p2`` (or a list) as (host, port) pairs; plain http only."""
+def split_urls(urls: str | Sequence[str]) -> tuple[str, list[tuple[str, int]]]:
+    """``https://h:p,https://h2:p2`` (or a list): the scheme they share and (host, port)
+    pairs. A URL without a scheme is http."""
     items = urls.split(",") if isinstance(urls, str) else list(urls)
     out = []
+    schemes = set()
     for item in items:
         item = item.strip()
         if not item:
             continue
         parts = urlsplit(item if "://" in item else f"http://{item}")
-        if parts.scheme != "http" or not parts.hostname:
-            raise EtcdError(f"etcd URL {item!r}: only http://HOST:PORT is supported")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise EtcdError(f"etcd URL {item!r}: expected https://HOST:PORT (or http:// with --etcd-insecure)")
+        schemes.add(parts.scheme)
         out.append((parts.hostname, parts.port or 2379))
     if not out:
         raise EtcdError("no etcd URL given")
-    return out
+    if len(schemes) > 1:
+        raise EtcdError("etcd URLs: all https:// or all http://, not a mix")
+    return schemes.pop(), out
+
+
+def parse_urls(urls: str | Sequence[str]) -> list[tuple[str, int]]:
+    """The (host, port) pairs of ``urls`` (http or https)."""
+    return split_urls(urls)[1]
+
+
+def check_transport(urls: str | Sequence[str], *, tls: bool, insecure: bool) -> str:
+    """Refuse what would send a firewall's control plane in clear text or half-configured.
+
+    ``https://`` needs TLS settings (at least the CA, normally a client certificate);
+    ``http://`` is refused unless ``insecure`` (``--etcd-insecure``) and then takes no
+    TLS settings. Returns the scheme.
+    """
+    scheme, _ = split_urls(urls)
+    if scheme == "http":
+        if not insecure:
+            raise EtcdError(
+                "--etcd: http:// is plain text: anyone on the path can rewrite every node's "
+                "firewall. Use https:// with --etcd-ca/--etcd-cert/--etcd-key, or pass "
+                "--etcd-insecure to accept it (tests, a lab)"
+            )
+        if tls:
+            raise EtcdError("--etcd-ca/--etcd-cert/--etcd-key: need https:// etcd URLs, not http://")
+    elif insecure:
+        raise EtcdError("--etcd-insecure: only with http:// URLs (these are https://)")
+    return scheme
 
 
 def prefix_end(prefix: str) -> str:
@@ -132,14 +173,33 @@ CHANNEL_OPTIONS = (
 
 
 class EtcdClient:
-    """One gRPC channel to one of ``urls`` (``failover`` moves to the next one)."""
+    """One gRPC channel to one of ``urls`` (``failover`` moves to the next one).
 
-    def __init__(self, urls: str | Sequence[str], *, timeout: float = 5.0) -> None:
-        self.endpoints = parse_urls(urls)
+    With ``https://`` URLs the channel is TLS with ``credentials`` (the CA etcd is
+    verified with, and the client certificate that is this client's etcd user).
+    When the credentials' files change, the next call builds a new channel from
+    them; the old one is closed once its last call ended (closing a grpc.aio
+    channel under a running call raises a bare CancelledError in that call).
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        timeout: float = 5.0,
+        credentials: TlsCredentials | None = None,
+    ) -> None:
+        self.scheme, self.endpoints = split_urls(urls)
+        if self.scheme == "https" and credentials is None:
+            raise EtcdError("https:// etcd URLs need TLS credentials (--etcd-ca, --etcd-cert, --etcd-key)")
+        self.credentials = credentials if self.scheme == "https" else None
         self.timeout = timeout
         self._index = 0
         self._generation = 0
         self._channel: Any = None
+        self._channel_version = 0  # the credentials' version the channel was built with
+        self._active: dict[int, int] = {}  # id(channel) -> calls running on it
+        self._retired: dict[int, Any] = {}  # stale channels closed when their last call ends
         self._kv: Any = None
         self._lease: Any = None
         self._watch: Any = None
@@ -155,7 +215,30 @@ class EtcdClient:
         host, port = self.endpoints[self._index]
         return f"{host}:{port}"
 
+    def stale(self) -> bool:
+        """Whether the credentials changed since the channel was built (checks the
+        files at most every ``check_interval``)."""
+        creds = self.credentials
+        if creds is None:
+            return False
+        creds.refresh()
+        return self._channel is not None and self._channel_version != creds.version
+
+    async def wait_credentials_changed(self) -> None:
+        """Return once the credentials' files hold a new valid identity (never without TLS)."""
+        creds = self.credentials
+        if creds is None:
+            await anyio.sleep_forever()
+            return
+        while not self.stale():
+            await anyio.sleep(creds.check_interval)
+
     def _connect(self) -> None:
+        if self._channel is not None and self.stale():
+            # New calls go to a new channel; the old one closes when its last call ends.
+            old, self._channel = self._channel, None
+            self._generation += 1
+            self._retired[id(old)] = old
         if self._channel is not None:
             return
         from aetcd import (
@@ -163,14 +246,44 @@ class EtcdClient:
         )
 
         self._rpc = rpc
-        self._channel = rpc.insecure_channel(self.endpoint, options=CHANNEL_OPTIONS)
+        if self.credentials is None:
+            self._channel = rpc.insecure_channel(self.endpoint, options=CHANNEL_OPTIONS)
+        else:
+            self._channel_version = self.credentials.version
+            self._channel = rpc.secure_channel(
+                self.endpoint, self.credentials.grpc_credentials(), options=CHANNEL_OPTIONS
+            )
         self._kv = rpc.KVStub(self._channel)
         self._lease = rpc.LeaseStub(self._channel)
         self._watch = rpc.WatchStub(self._channel)
+        self._auth = rpc.AuthStub(self._channel)
+
+    @contextlib.asynccontextmanager
+    async def _call(self) -> AsyncIterator[None]:
+        """Count a call on the current channel; close a retired channel after its last call."""
+        self._connect()
+        key = id(self._channel)
+        self._active[key] = self._active.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            self._active[key] -= 1
+            if not self._active[key]:
+                del self._active[key]
+            idle = [k for k in self._retired if k not in self._active]
+            if idle:
+                with anyio.CancelScope(shield=True):
+                    for k in idle:
+                        await self._retired.pop(k).close()
 
     async def failover(self, generation: int) -> None:
-        """Reconnect to the next URL, unless someone already did since ``generation``."""
-        if generation != self._generation or len(self.endpoints) < 2:
+        """Reconnect to the next URL, unless someone already did since ``generation``
+        (with one URL: only if the credentials changed, so a retry uses the new ones)."""
+        if generation != self._generation:
+            return
+        if len(self.endpoints) < 2:
+            if self.stale():
+                self._connect()  # retires the old channel
             return
         self._generation += 1
         self._index = (self._index + 1) % len(self.endpoints)
@@ -181,9 +294,11 @@ class EtcdClient:
 
     async def close(self) -> None:
         channel, self._channel = self._channel, None
-        if channel is not None:
-            with anyio.CancelScope(shield=True):
-                await channel.close()
+        retired, self._retired = list(self._retired.values()), {}
+        with anyio.CancelScope(shield=True):
+            for ch in [*retired, channel]:
+                if ch is not None:
+                    await ch.close()
 
     async def __aenter__(self) -> Self:
         self._connect()
@@ -202,15 +317,24 @@ class EtcdClient:
             return EtcdUnavailable(f"etcd {self.endpoint}: {what}: {code.name}: {details}")
         if code is sc.OUT_OF_RANGE and "compacted" in (details or ""):
             return Compacted(0)
+        if code is sc.PERMISSION_DENIED:
+            return PermissionDenied(f"etcd {self.endpoint}: {what}: permission denied for {self.user()}")
         name = code.name if code is not None else type(e).__name__
         return EtcdError(f"etcd {self.endpoint}: {what}: {name}: {details}")
 
+    def user(self) -> str:
+        """The etcd user this client acts as (its certificate's CN), for messages."""
+        if self.credentials is None:
+            return "an unauthenticated client"
+        cn = self.credentials.identity.common_name
+        return f"etcd user {cn!r}" if cn else "a client without a certificate"
+
     async def _unary(self, method: str, stub: str, request: Any) -> Any:
-        self._connect()
-        try:
-            return await getattr(getattr(self, stub), method)(request, timeout=self.timeout)
-        except self._rpc.AioRpcError as e:
-            raise self._translate(e, method) from None
+        async with self._call():
+            try:
+                return await getattr(getattr(self, stub), method)(request, timeout=self.timeout)
+            except self._rpc.AioRpcError as e:
+                raise self._translate(e, method) from None
 
     # --- KV ------------------------------------------------------------------------
 
@@ -231,6 +355,19 @@ class EtcdClient:
         )
         resp = await self._unary("Range", "_kv", request)
         return int(resp.kvs[0].mod_revision) if resp.kvs else 0
+
+    async def get_ranges(self, ranges: Sequence[tuple[str, str]]) -> RangeResult:
+        """Several ranges (``end`` "" = the one key) read at one revision (a read-only
+        transaction: etcd checks the read permission of each range on its own)."""
+        self._connect()
+        rpc = self._rpc
+        ops = [
+            rpc.RequestOp(request_range=rpc.RangeRequest(key=start.encode(), range_end=end.encode()))
+            for start, end in ranges
+        ]
+        resp = await self._unary("Txn", "_kv", rpc.TxnRequest(success=ops))
+        kvs = tuple(_kv(kv) for r in resp.responses for kv in r.response_range.kvs)
+        return RangeResult(resp.header.revision, kvs)
 
     async def get_prefix(self, prefix: str) -> RangeResult:
         return await self.get_range(prefix, prefix_end(prefix))
@@ -284,6 +421,18 @@ class EtcdClient:
         op = self._rpc.RequestOp(request_delete_range=self._rpc.DeleteRangeRequest(key=key.encode()))
         return await self._txn(key, mod_revision, op)
 
+    # --- auth (fwd cluster init: fwd/cluster/access.py) ----------------------------
+
+    @property
+    def rpc(self) -> Any:
+        """aetcd's generated message module (for building auth requests)."""
+        self._connect()
+        return self._rpc
+
+    async def auth(self, method: str, request: Any) -> Any:
+        """One call of etcd's Auth service (``UserAdd``, ``RoleGrantPermission``, ...)."""
+        return await self._unary(method, "_auth", request)
+
     # --- leases --------------------------------------------------------------------
 
     async def grant_lease(self, ttl: int) -> int:
@@ -313,7 +462,10 @@ class EtcdClient:
         Raises LeaseExpired when etcd says the lease is gone, EtcdUnavailable when
         the stream breaks or a refresh gets no answer within the client timeout.
         """
-        self._connect()
+        async with self._call():
+            await self._keep_alive(lease, ttl)
+
+    async def _keep_alive(self, lease: int, ttl: int) -> NoReturn:
         call = self._lease.LeaseKeepAlive()
         try:
             while True:
@@ -348,18 +500,32 @@ class EtcdClient:
         revision. Raises Compacted if ``start_revision`` is compacted away,
         EtcdUnavailable if the stream breaks.
         """
-        self._connect()
-        rpc = self._rpc
-        call = self._watch.Watch()
-        create = rpc.WatchCreateRequest(key=start.encode(), range_end=end.encode(), start_revision=start_revision)
-        try:
+        async with self.watch_ranges([(start, end)], start_revision) as batches:
+            yield batches
+
+    @contextlib.asynccontextmanager
+    async def watch_ranges(
+        self, ranges: Sequence[tuple[str, str]], start_revision: int
+    ) -> AsyncIterator[AsyncIterator[WatchBatch]]:
+        """Watch several ranges (``end`` "" = the one key) from ``start_revision``, all
+        on one stream: one watcher per range, their batches interleaved as etcd sends
+        them (in revision order while the watchers are synced, which they are when
+        ``start_revision`` is one past a read's revision and nothing was compacted)."""
+        async with self._call():
+            rpc = self._rpc
+            call = self._watch.Watch()
             try:
-                await call.write(rpc.WatchRequest(create_request=create))
-            except rpc.AioRpcError as e:
-                raise self._translate(e, "Watch") from None
-            yield self._batches(call)
-        finally:
-            call.cancel()
+                try:
+                    for start, end in ranges:
+                        create = rpc.WatchCreateRequest(
+                            key=start.encode(), range_end=end.encode(), start_revision=start_revision
+                        )
+                        await call.write(rpc.WatchRequest(create_request=create))
+                except rpc.AioRpcError as e:
+                    raise self._translate(e, "Watch") from None
+                yield self._batches(call)
+            finally:
+                call.cancel()
 
     async def _batches(self, call: Any) -> AsyncIterator[WatchBatch]:
         eof = self._grpc_eof()
@@ -374,6 +540,8 @@ class EtcdClient:
             if resp.compact_revision:
                 raise Compacted(resp.compact_revision)
             if resp.canceled:
+                if "permission denied" in resp.cancel_reason:
+                    raise PermissionDenied(f"etcd {self.endpoint}: Watch: permission denied for {self.user()}")
                 raise EtcdUnavailable(f"etcd {self.endpoint}: watch canceled: {resp.cancel_reason}")
             if resp.created and not resp.events:
                 continue  # its header revision says nothing about events still to come
