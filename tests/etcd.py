@@ -250,3 +250,83 @@ def etcd_server(tmp_path: Path) -> Iterator[EtcdServer]:
         yield server
     finally:
         server.cleanup()
+
+
+class GrpcProxy:
+    """One ``etcd grpc-proxy start`` in front of ``upstream`` (plain TCP on loopback),
+    as the fan-out tier of bench/cluster: identical watches from its clients become one
+    watch on etcd. Killed by PID; ``metrics()`` reads its Prometheus endpoint."""
+
+    def __init__(self, upstream: EtcdServer, base_dir: Path, host: str = "127.0.0.1") -> None:
+        self.upstream = upstream
+        self.base_dir = base_dir
+        self.host = host
+        self.port = free_port(host)
+        self.metrics_port = free_port(host)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError("grpc-proxy is not running")
+        return self.proc.pid
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            ETCD, "grpc-proxy", "start",
+            "--endpoints", f"{self.upstream.host}:{self.upstream.client_port}",
+            "--listen-addr", f"{self.host}:{self.port}",
+            "--advertise-client-url", f"{self.host}:{self.port}",
+            "--metrics-addr", f"http://{self.host}:{self.metrics_port}",
+            "--data-dir", str(self.base_dir / "data"),
+        ]  # fmt: skip
+        with open(self.base_dir / "proxy.log", "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"grpc-proxy exited: {(self.base_dir / 'proxy.log').read_text()[-2000:]}")
+            try:
+                self.metrics()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("grpc-proxy did not come up")
+
+    def metrics(self) -> dict[str, float]:
+        return read_metrics(f"http://{self.host}:{self.metrics_port}/metrics")
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def read_metrics(url: str, context: ssl.SSLContext | None = None) -> dict[str, float]:
+    """Unlabelled samples of a Prometheus text endpoint (name -> value)."""
+    with urllib.request.urlopen(url, timeout=5.0, context=context) as resp:
+        text = resp.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, _, value = line.partition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                pass
+    return out
