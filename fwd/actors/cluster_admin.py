@@ -88,9 +88,10 @@ class ClusterAdmin:
         async with anyio.create_task_group() as tg, commands:
             task_status.started()
             async for command in commands:
-                tg.start_soon(self._serve, command)
+                tg.start_soon(self.serve, command)
 
-    async def _serve(self, command: ClusterAdminCommand) -> None:
+    async def serve(self, command: ClusterAdminCommand) -> None:
+        """Answer one command on its reply stream (and close it)."""
         reply: Reply[Any]
         try:
             reply = Reply(await self.handle(command))

@@ -20,8 +20,8 @@ from fwd.cluster.access import apply_plan, node_role, plan, user_roles
 from fwd.cluster.credentials import CredentialsError, TlsCredentials, TlsFiles, load
 from fwd.cluster.etcd import EtcdClient, EtcdError, PermissionDenied, check_transport
 from fwd.cluster.layout import Layout, decode_status, encode_labels
-from fwd.cluster.fake import RecordingDatapath
-from fwd.cluster.sync import ClusterSync, SyncConfig
+from fwd.actors.cluster_sync import ClusterSync, SyncConfig
+from fwd.testing import FakeDatapath
 from fwd.messages import DatapathCommand
 from tests.cluster.helpers import drop_rule, put_policy, wait_until
 from tests.etcd import EtcdServer, make_etcd_certs, need_etcd
@@ -238,7 +238,7 @@ async def _nodes(clients: list[EtcdClient]) -> AsyncIterator[Start]:
 
         async def start(client: EtcdClient, node: str, labels: dict[str, str]) -> ClusterSync:
             tx, rx = anyio.create_memory_object_stream[DatapathCommand](8)
-            datapath = RecordingDatapath(rx)
+            datapath = FakeDatapath(rx)
             sync = ClusterSync(client, tx, SyncConfig(node=node, labels=labels, backoff_max=1.0))
             await tg.start(datapath.run)
             await tg.start(sync.run)
@@ -246,3 +246,59 @@ async def _nodes(clients: list[EtcdClient]) -> AsyncIterator[Start]:
 
         yield start
         tg.cancel_scope.cancel()
+
+
+def _fwd(*argv: str) -> tuple[int, str, str]:
+    import io
+
+    from fwd.cli import main as fwd_main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = fwd_main(list(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_straight_to_etcd_with_the_callers_certificate(tmp_path: Path, pki: Path) -> None:
+    """fwd cluster init as root; then policy and label writes, status and wait with the
+    admin's certificate, no agent anywhere; a node's certificate is refused."""
+    import json
+
+    server = EtcdServer(tmp_path / "etcd", pki=pki)
+    try:
+        server.start()
+
+        def tls(who: str) -> list[str]:
+            return ["--etcd", server.url, "--etcd-ca", str(pki / "ca.pem"),
+                    "--etcd-cert", str(pki / f"{who}.pem"), "--etcd-key", str(pki / f"{who}.key")]  # fmt: skip
+
+        code, out, err = _fwd("cluster", "init", *tls("root"), "--node", "n0", "--node", "n1", "--reader", "watcher")
+        assert code == 0, err
+        assert "auth enabled" in out and "user n0: fwd-node-n0" in out
+        assert "role fwd-node-n0: read /fwd/policies/../fwd/policies0, read /fwd/labels/n0, readwrite /fwd/status/n0" in out
+        code, out, err = _fwd("cluster", "init", *tls("root"), "--node", "root")
+        assert code == 1 and "--node: 'root' is etcd's superuser" in err
+        code, out, err = _fwd("cluster", "label", "n0", "role=edge", *tls("fwd-admin"))
+        assert code == 0 and "n0: role=edge (revision" in out, err
+        path = tmp_path / "edge.yaml"
+        path.write_text("rules:\n  - {id: d1, action: drop, src: [198.18.0.0/24]}\n")
+        code, out, err = _fwd("policy", "apply", str(path), "--name", "edge", "--selector", "role=edge", *tls("fwd-admin"))
+        assert code == 0 and "wrote policy edge at etcd revision" in out, err
+        code, out, err = _fwd("cluster", "policies", "-o", "json", *tls("fwd-admin"))
+        assert code == 0 and [p["name"] for p in json.loads(out)["policies"]] == ["edge"]
+        # No agent reports yet: n0 and n1 are known (by labels) and silent.
+        code, out, err = _fwd("cluster", "status", "-o", "json", *tls("fwd-admin"))
+        assert code == 0 and [(n["node"], n["live"]) for n in json.loads(out)["nodes"]] == [("n0", False)]
+        # A node's certificate may not write a policy or a label, nor read the status.
+        code, _, err = _fwd("policy", "apply", str(path), "--name", "evil", *tls("node-n0"))
+        assert code == 1 and "PERMISSION_DENIED" in err and "etcd user 'n0'" in err
+        code, _, err = _fwd("cluster", "label", "n0", "role=trusted", *tls("node-n0"))
+        assert code == 1 and "PERMISSION_DENIED" in err
+        code, _, err = _fwd("cluster", "status", *tls("node-n0"))
+        assert code == 1 and "PERMISSION_DENIED" in err
+        # Plain http is refused unless asked for; a certificate without its key too.
+        code, _, err = _fwd("cluster", "status", "--etcd", f"http://127.0.0.1:{server.client_port}")
+        assert code == 1 and "plain text" in err and "--etcd-insecure" in err
+        code, _, err = _fwd("cluster", "status", "--etcd", server.url, "--etcd-cert", str(pki / "fwd-admin.pem"))
+        assert code == 1 and "--etcd-key" in err
+    finally:
+        server.cleanup()
