@@ -156,31 +156,36 @@ async def test_init_is_idempotent_and_repairs_drift(secure_etcd: EtcdServer, pki
 @pytest.mark.asyncio
 async def test_three_nodes_converge_on_a_policy_the_admin_wrote(secure_etcd: EtcdServer, pki: Path) -> None:
     async with EtcdClient(secure_etcd.url, credentials=creds(pki, "fwd-admin")) as admin:
-        for node, role in zip(NODES, ("edge", "edge", "core"), strict=True):
-            await admin.put(LAYOUT.labels_key(node), encode_labels({"role": role}))
+        # The admin labels n0 and n1; n2 has no labels yet.
+        for node in ("n0", "n1"):
+            await admin.put(LAYOUT.labels_key(node), encode_labels({"role": "edge"}))
         clients = [EtcdClient(secure_etcd.url, credentials=creds(pki, f"node-{n}")) for n in NODES]
         try:
             syncs = []
             async with _nodes(clients) as started:
                 # --label asks to seed labels; a node may not write them: logged, not fatal.
                 for node, client in zip(NODES, clients, strict=True):
-                    syncs.append(await started(client, node, {"role": "other"}))
+                    syncs.append(await started(client, node, {"role": "trusted"}))
                 rev = await put_policy(admin, "edge", "role=edge", 10, drop_rule("d1"))
                 for s, want in zip(syncs, (True, True, False), strict=True):
-                    await _synced(s, rev)
-                    rules = [r.id for r in s.state.policy.rules] if s.state.policy else []
-                    assert (rules == ["edge:d1"]) is want
-                    assert s.statistics().failures == 0
+                    if want:
+                        await _synced(s, rev)
+                    else:  # nothing selects it: it reports, and enforces nothing
+                        await wait_until(lambda: syncs[2].statistics().status_puts > 0, what="n2 status")
+                    assert [r.id for r in s.state.policy.rules] == (["edge:d1"] if want else [])
+                    assert s.statistics().failures == 0 and s.state.etcd_error == ""
+                assert (await admin.get(LAYOUT.labels_key("n2")))[0] is None  # the seed was refused
                 statuses = await admin.get_prefix(LAYOUT.status)
                 assert sorted(kv.key.rsplit("/", 1)[1] for kv in statuses.kvs) == list(NODES)
                 for kv in statuses.kvs:
-                    assert decode_status(kv.key.rsplit("/", 1)[1], kv.value).synced_revision >= rev
+                    node = kv.key.rsplit("/", 1)[1]
+                    assert decode_status(node, kv.value).synced_revision >= (rev if node != "n2" else 1)
                 # Labels stayed what the admin wrote.
                 labels, _ = await admin.get(LAYOUT.labels_key("n0"))
                 assert labels is not None and labels.value == encode_labels({"role": "edge"})
-                # A relabel by the admin reaches the one node it concerns.
+                # The admin labels n2: the one node it concerns converges.
                 rev = await admin.put(LAYOUT.labels_key("n2"), encode_labels({"role": "edge"}))
-                await wait_until(lambda: syncs[2].state.synced_revision >= rev, what="relabel")
+                await _synced(syncs[2], rev)
                 assert [r.id for r in syncs[2].state.policy.rules] == ["edge:d1"]
         finally:
             for c in clients:
