@@ -1,6 +1,6 @@
 """bench/cluster: N simulated agents against one etcd; how fast a policy write reaches all.
 
-    .venv/bin/python bench/cluster/run.py [--agents 100 1000] [--procs 2] [--rounds 5]
+    .venv/bin/python bench/cluster/run.py [--agents 1000 10000] [--procs P] [--rounds 5]
                                           [--tiers direct proxy] [--proxies 2]
                                           [--client-per-agent]
 
@@ -35,6 +35,7 @@ import json
 import math
 import os
 import platform
+import select
 import shutil
 import subprocess
 import sys
@@ -54,6 +55,9 @@ from fwd.policy.model import policy_from_dict
 from tests.etcd import EtcdServer, GrpcProxy, read_metrics
 
 LAYOUT = Layout()
+# --procs 0 (the default): this many agents per worker process at most. 5,000 in one
+# process fell into keep-alive timeouts, lease expiry and reconnect churn here.
+AGENTS_PER_PROC = 1250
 
 
 @dataclass
@@ -118,7 +122,9 @@ async def run_round(server: EtcdServer, proxies: list[GrpcProxy], n: int, rnd: R
             rnd.events = etcd_metrics(server).get("etcd_debugging_mvcc_events_total", 0.0) - events0 - rnd.observed
 
 
-def bench(n: int, procs: int, rounds: int, per_agent: bool, timeout: float, n_proxies: int) -> dict[str, object]:
+def bench(n: int, procs: int, rounds: int, per_agent: bool, timeout: float, n_proxies: int,
+          startup_timeout: float) -> dict[str, object]:
+    procs = procs or max(2, math.ceil(n / AGENTS_PER_PROC))
     work = Path(tempfile.mkdtemp(prefix="fwd-bench-cluster-"))
     server = EtcdServer(work / "etcd", extra_args=("--quota-backend-bytes", str(4 << 30)))
     proxies = [GrpcProxy(server, work / f"proxy{i}") for i in range(n_proxies)]
@@ -144,6 +150,13 @@ def bench(n: int, procs: int, rounds: int, per_agent: bool, timeout: float, n_pr
         ready = []
         for w in workers:
             assert w.stdout is not None
+            # Bounded: agents that cannot all start (a worker overloaded into lease expiry
+            # and reconnect churn) make this configuration a failed one, not a hang.
+            left = startup_timeout - (time.monotonic() - t_start)
+            if left <= 0 or not select.select([w.stdout], [], [], left)[0]:
+                print(f"\nN = {n} agents, {tier}, in {procs} processes: not all started within "
+                      f"{startup_timeout:.0f} s (see {work}/worker*.log)")  # fmt: skip
+                return {"n": n, "tier": tier, "failed": f"not started within {startup_timeout:.0f} s"}
             line = w.stdout.readline()
             if not line.startswith("ready"):
                 raise RuntimeError(f"worker failed: {line!r}; see {work}")
@@ -232,7 +245,9 @@ def bench(n: int, procs: int, rounds: int, per_agent: bool, timeout: float, n_pr
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--agents", type=int, nargs="+", default=[100, 1000])
-    ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument("--procs", type=int, default=0,
+                    help=f"worker processes (default: N / {AGENTS_PER_PROC}, at least 2)")
+    ap.add_argument("--startup-timeout", type=float, default=300.0, metavar="SECONDS")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--client-per-agent", action="store_true")
@@ -242,7 +257,8 @@ def main() -> None:
     print(f"bench/cluster: etcd 3.4 on loopback; {platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs, "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB")  # fmt: skip
     summaries = [
-        bench(n, args.procs, args.rounds, args.client_per_agent, args.timeout, args.proxies if tier == "proxy" else 0)
+        bench(n, args.procs, args.rounds, args.client_per_agent, args.timeout,
+              args.proxies if tier == "proxy" else 0, args.startup_timeout)
         for n in args.agents
         for tier in args.tiers
     ]
@@ -250,6 +266,10 @@ def main() -> None:
     print(f"  {'N':>6} {'tier':<15} {'enforce p50/p99':>16} {'status p50/p99':>16} {'etcd CPU':>8} {'proxy CPU':>9} "
           f"{'events':>7} {'watchers':>8} {'streams':>7} {'etcd idle':>9} {'startup':>7}")  # fmt: skip
     for s in summaries:
+        if "failed" in s:
+            print(f"  {s['n']:>6} {str(s['tier']):<15} FAILED: {s['failed']}")
+            continue
+
         def ms(key: str) -> str:
             return f"{float(str(s[key])) * 1000:.0f}"
 
