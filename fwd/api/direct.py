@@ -96,8 +96,8 @@ class EtcdAccess:
 
 
 class DirectApi:
-    """What the cluster handlers need of ``fwd.actors.api.Api``: ``ask_cluster``, served
-    by a ClusterAdmin in this process instead of the agent's actor."""
+    """What the cluster handlers need of ``fwd.actors.api.Api``: ``ask_cluster``, answered
+    by ClusterCommands in this process instead of the agent's ClusterAdmin actor."""
 
     cluster_mode = True
 
@@ -139,11 +139,11 @@ async def direct_channel(args: argparse.Namespace) -> AsyncIterator[Channel]:
     """A channel to the cluster services served in this process over etcd (``--etcd``)."""
     from grpclib.testing import ChannelFor
 
-    from fwd.actors.cluster_admin import ClusterAdmin
+    from fwd.cluster.commands import ClusterCommands
 
     access = EtcdAccess.from_args(args)
     async with access.client(timeout=args.timeout) as etcd:
-        api = DirectApi(ClusterAdmin(etcd, Layout(access.prefix)))
+        api = DirectApi(ClusterCommands(etcd, Layout(access.prefix)))
         services: list[Any] = [cluster_api.ClusterService(cast(Any, api)), DirectPolicyService(api)]
         async with ChannelFor(services) as channel:
             yield channel
