@@ -218,18 +218,6 @@ class EtcdClient:
         resp = await self._unary("Range", "_kv", self._rpc.RangeRequest(key=start.encode(), range_end=end.encode()))
         return RangeResult(resp.header.revision, tuple(_kv(kv) for kv in resp.kvs))
 
-    async def newest_mod_revision(self, start: str, end: str) -> int:
-        """The highest mod revision of any key in ``[start, end)`` (0 if none): one key,
-        no values, sorted by etcd."""
-        self._connect()
-        rpc = self._rpc
-        request = rpc.RangeRequest(
-            key=start.encode(), range_end=end.encode(), limit=1, keys_only=True,
-            sort_order=rpc.RangeRequest.DESCEND, sort_target=rpc.RangeRequest.MOD,
-        )
-        resp = await self._unary("Range", "_kv", request)
-        return int(resp.kvs[0].mod_revision) if resp.kvs else 0
-
     async def get_ranges(self, ranges: Sequence[tuple[str, str]]) -> RangeResult:
         """Several ranges (``end`` "" = the one key) read at one revision (a read-only
         transaction: etcd checks the read permission of each range on its own)."""
