@@ -11,11 +11,11 @@ import anyio
 from grpclib import GRPCError
 from grpclib.exceptions import StreamTerminatedError
 
-from fwd.api.client import AgentUnreachable, Client
+from fwd.api.client import Client
 from fwd.api.tls import client_context
 from fwd.cli.output import Failed
 from fwd.cli.parser import build_parser
-from fwd.errors import PolicyError
+from fwd.errors import FwdError
 
 
 Command = Callable[[Client, argparse.Namespace, TextIO], Awaitable[None]]
@@ -23,6 +23,14 @@ Command = Callable[[Client, argparse.Namespace, TextIO], Awaitable[None]]
 
 def run_client(command: Command, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     async def go() -> None:
+        if getattr(args, "etcd", ""):  # straight to etcd with the caller's certificate
+            from fwd.api.direct import direct_channel
+
+            async with direct_channel(args) as channel, Client(
+                "", timeout=args.timeout, channel=channel
+            ) as client:
+                await command(client, args, out)
+            return
         ssl_ctx = None
         if args.server:
             if not args.tls_ca:
@@ -41,7 +49,7 @@ def run_client(command: Command, args: argparse.Namespace, out: TextIO, err: Tex
     except GRPCError as exc:
         err.write(f"fwd: {exc.status.name}: {exc.message or ''}\n")
         return 1
-    except (AgentUnreachable, Failed, PolicyError) as exc:
+    except (Failed, FwdError) as exc:  # AgentUnreachable, PolicyError, etcd/TLS settings
         err.write(f"fwd: {exc}\n")
         return 1
     except TimeoutError:  # grpclib raises asyncio.TimeoutError, the same class since 3.11
@@ -67,5 +75,8 @@ def main(
         return exc.code if isinstance(exc.code, int) else 2
     if getattr(args, "client", None) is not None:
         return run_client(args.client, args, out, err)
+    if getattr(args, "handler_io", False):  # a handler that writes to out/err itself
+        io_code: int = args.handler(args, out, err)
+        return io_code
     code: int = args.handler(args)
     return code
