@@ -208,12 +208,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with ExitStack() as stack:
         ref = stack.enter_context(kernel.build_reference())
-        plane = Plane()
-        stack.callback(plane.close)
         base = Plane()
         stack.callback(base.close)
         for name in args.sets:
-            rows.append(run_set(name, plane, base, ref.program("xdp_drop"), args, log))
+            # A fresh object per set: each set meets an empty data plane, as on a new
+            # node (the refusal message of a policy applied over another one differs).
+            plane = Plane()
+            try:
+                rows.append(run_set(name, plane, base, ref.program("xdp_drop"), args, log))
+            finally:
+                plane.close()
     print(report(rows, args))
     print(f"(run took {time.monotonic() - started:.0f} s)")
     return 0 if all(r.check is None or r.check.ok for r in rows) else 1

@@ -25,14 +25,18 @@ from bench.dataplane.kernel import pinned_to
 
 
 class _Result(Protocol):
-    retval: int
-    duration_ns: int
+    @property
+    def retval(self) -> int: ...
+
+    @property
+    def duration_ns(self) -> int: ...
 
 
 class Runnable(Protocol):
     """What :func:`over_trace` needs of a program (``fwd.kernel.objects.Program``)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def test_run(self, data: bytes, *, repeat: int = 1, ingress_ifindex: int = 0,
                  data_out_size: int | None = None) -> _Result: ...

@@ -168,7 +168,9 @@ def measure(names: Sequence[str], raw: dict[str, Any], rule_id: str, frame: byte
             try:
                 dropped = _engine(name, raw, rule_id, ref, net, r, stack)
             except Exception as e:  # noqa: BLE001 - a refusal is a result, printed
-                refused[name] = f"{type(e).__name__}: {e}"
+                status, message = getattr(e, "status", None), getattr(e, "message", None)
+                refused[name] = f"{status.name}: {message}" if status is not None \
+                    else f"{type(e).__name__}: {e}"
                 continue
             lanes.append(_Lane(name, s, dropped))
         for lane in lanes:
