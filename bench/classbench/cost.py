@@ -115,7 +115,7 @@ def run_set(name: str, plane: Plane, base: Plane, bare: Any, args: argparse.Name
     try:
         plane.install(t.raw)
     except FwdError as e:
-        row.refused = str(e)
+        row.refused = f"{type(e).__name__}: {e}"
         return row
     row.install_s = time.perf_counter() - started
     base.install(one_rule_policy(t))

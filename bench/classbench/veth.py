@@ -49,7 +49,7 @@ from bench.dataplane.engines import Nftables  # noqa: E402
 from bench.dataplane.fwdplane import Agent  # noqa: E402
 from bench.dataplane.veth import Budget, VethResult, _drop_namespaces, _Lane, _rx_packets, _send  # noqa: E402
 from fwd.kernel.xdp import attach_xdp  # noqa: E402
-from fwd.messages import AttachMode  # noqa: E402
+from fwd.core.attach import AttachMode  # noqa: E402
 from tests.netns import Netns, entered  # noqa: E402
 
 ENGINES = ("bare XDP_DROP", "fwd", "nft chain")
