@@ -148,3 +148,15 @@ def test_first_match_beats_the_generating_rule() -> None:
     assert [r.id for r in e.candidates(0x0B010203, 0)] == ["all6"]
     for h in hs:
         assert e.decide(frame(h)) == e.decide_full(frame(h))
+
+
+def test_benchmark_check_catches_every_kind_of_mismatch() -> None:
+    from bench.classbench.measure import check
+
+    hist = {"a": 2, None: 1}
+    ok = check([1, 2, 1], [1, 2, 1], hist, 10, {"a": 20, "b": 0, None: 10})
+    assert ok.ok
+    bad = check([1, 2, 1], [1, 1, 1], hist, 10, {"a": 19, "b": 1, None: 10})
+    assert bad.verdict_mismatches == [(1, 2, 1)]
+    assert bad.counter_mismatches == [("a", 20, 19), ("b", 0, 1)]
+    assert not check([1], [], {}, 1, {}).ok  # a missing verdict is a mismatch too
