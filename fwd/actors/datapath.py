@@ -214,9 +214,10 @@ class Datapath:
         reply: Any
         e = self._engine
         if isinstance(command, ApplyPolicy):
+            wanted = self._enforceable(command.policy)
             reply = await self._mutate(
                 command.expect_revision,
-                lambda: e.apply(self._enforceable(command.policy)),
+                lambda: None if command.unchanged_ok and e.policy == wanted else e.apply(wanted),
                 force=command.force,
             )
             self._count(reply, "applies")
@@ -233,15 +234,7 @@ class Datapath:
             )
             self._count(reply, "rule_changes")
         elif isinstance(command, (SetAddElements, SetRemoveElements)):
-            adding = isinstance(command, SetAddElements)
-            elements = command.elements
-            reply = await self._mutate(
-                command.expect_revision,
-                lambda: e.change_set(command.set_name, elements if adding else (),
-                                     () if adding else elements),  # fmt: skip
-                "set_changed",
-                force=command.force,
-            )
+            reply = await self._change_set(command)
             self._count(reply, "set_changes")
         elif isinstance(command, GetPolicy):
             reply = Reply(Applied(e.revision, e.policy, self._adoption))
@@ -308,7 +301,31 @@ class Datapath:
         )
         return Reply((entries, total))
 
+    async def _change_set(self, cmd: SetAddElements | SetRemoveElements) -> Reply[Applied]:
+        """Add or remove elements; when none would change, no revision is made."""
+        adding = isinstance(cmd, SetAddElements)
+        named = self._engine.policy.set_named(cmd.set_name)
+        changed = unchanged = 0
+        if named is not None:  # else change_set names the missing set
+            try:
+                changed, unchanged = named.count_change(cmd.elements, adding)
+            except PolicyError as err:
+                return Reply(error=err)
+        reply = await self._mutate(
+            cmd.expect_revision,
+            lambda: None if named is not None and not changed else self._engine.change_set(
+                cmd.set_name, cmd.elements if adding else (), () if adding else cmd.elements
+            ),
+            "set_changed",
+            force=cmd.force,
+        )
+        if reply.value is None:
+            return reply
+        return Reply(replace(reply.value, elements_changed=changed, elements_unchanged=unchanged))
+
     def _count(self, reply: Reply[Applied], what: str) -> None:
+        if reply.value is not None and reply.value.unchanged:
+            return  # nothing was applied
         if reply.error is None:
             setattr(self._stats, what, getattr(self._stats, what) + 1)
         elif what == "applies":
@@ -339,13 +356,13 @@ class Datapath:
         if expect_revision is not None and expect_revision != current:
             return Reply(error=RevisionMismatch(expect_revision, current))
         try:
-            await self._change(prepare, persist=True, force=force)
+            changed = await self._change(prepare, persist=True, force=force)
         except FwdError as e:
             log.warning("change_refused", revision=current, error=str(e))
             return Reply(error=e)
-        log.info(event, revision=self._engine.revision,
+        log.info(event if changed else "change_unchanged", revision=self._engine.revision,
                  rules=len(self._engine.policy.rules))  # fmt: skip
-        return Reply(Applied(self._engine.revision, self._engine.policy))
+        return Reply(Applied(self._engine.revision, self._engine.policy, unchanged=not changed))
 
     async def _change(
         self,

@@ -93,13 +93,22 @@ class Client:
     ) -> int:
         """Enforce ``policy``; returns the new revision (in cluster mode: write it to
         etcd as ``name`` for the nodes ``selector`` picks, and return the etcd revision)."""
+        response = await self.apply_policy_reply(
+            policy, expect_revision, force=force, name=name, selector=selector, priority=priority
+        )
+        return response.revision
+
+    async def apply_policy_reply(
+        self, policy: Policy, expect_revision: int | None = None, *, force: bool = False,
+        name: str | None = None, selector: str | None = None, priority: int | None = None,
+    ) -> pb.ApplyPolicyResponse:
+        """``apply_policy``, returning the whole reply (``unchanged``: no revision made)."""
         stub = pb.PolicyServiceStub(self.channel, timeout=self.timeout)
         request = pb.ApplyPolicyRequest(
             policy=convert.policy_to_proto(policy), expect_revision=expect_revision, force=force,
             name=name or "", selector=selector or "", priority=priority,
         )
-        response = await self._call(stub.apply_policy(request))
-        return response.revision
+        return await self._call(stub.apply_policy(request))
 
     async def apply_policy_confirmed(
         self, policy: Policy, confirm_within: int, expect_revision: int | None = None,

@@ -220,9 +220,11 @@ class Gateway:
         policy: pb.Policy | policystream.StreamedPolicy | None,
         expect_revision: int | None,
         force: bool = False,
+        unchanged_ok: bool = True,
     ) -> messages.Applied:
         """Validate ``policy`` (INVALID_ARGUMENT names the field), check it cannot lock out
-        management access (FAILED_PRECONDITION unless ``force``), and have it enforced."""
+        management access (FAILED_PRECONDITION unless ``force``), and have it enforced
+        (a policy equal to the enforced one makes no revision when ``unchanged_ok``)."""
         with grpc_errors("apply"):
             model = convert.policy_from_proto(policy)
         if policy is not None:
@@ -233,7 +235,8 @@ class Gateway:
         return await self.ask(
             self._datapath,
             lambda r: messages.ApplyPolicy(
-                policy=model, expect_revision=expect_revision, reply=r, force=force
+                policy=model, expect_revision=expect_revision, reply=r, force=force,
+                unchanged_ok=unchanged_ok,
             ),
             "datapath",
         )

@@ -53,10 +53,13 @@ async def _policy_apply(client: Client, args: argparse.Namespace, out: TextIO) -
         )
         return
     cluster = {"name": args.name, "selector": args.selector, "priority": args.priority}
-    revision = await client.apply_policy(
+    reply = await client.apply_policy_reply(
         args.policy, args.expect_revision, force=args.force, **cluster
     )
-    if any(v is not None for v in cluster.values()):
+    revision = reply.revision
+    if reply.unchanged:
+        out.write(f"unchanged: revision {revision} already enforces this policy\n")
+    elif any(v is not None for v in cluster.values()):
         out.write(
             f"wrote policy {args.name or 'default'} at etcd revision {revision} "
             f"(fwd cluster wait --revision {revision})\n"

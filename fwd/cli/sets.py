@@ -60,8 +60,12 @@ async def _sets_change(client: Client, args: argparse.Namespace, out: TextIO) ->
     )
     call = stub.add_elements if args.set_command == "add" else stub.remove_elements
     reply = await client._call(call(request))
-    verb = "added to" if args.set_command == "add" else "removed from"
-    out.write(f"{len(args.element_list)} elements {verb} {args.name!r}: revision {reply.revision}\n")
+    if args.set_command == "add":
+        what = f"{reply.changed} added, {reply.unchanged} already present"
+    else:
+        what = f"{reply.changed} removed, {reply.unchanged} not present"
+    made = "revision" if reply.changed else "unchanged: revision"
+    out.write(f"set {args.name!r}: {what}; {made} {reply.revision}\n")
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
