@@ -29,6 +29,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from prometheus_client import CollectorRegistry
 
+from fwd.policy import failsafe
 from fwd import log as fwdlog
 from fwd import systemd
 from fwd.actors.confirm import Confirmer
@@ -61,7 +62,6 @@ from fwd.settings import Settings
 from fwd.metrics.collector import Snapshot
 from fwd.metrics.kernel import IF_STATS_MAP, read_if_stats
 from fwd.actors.metrics import MetricsServer
-from fwd.policy.lockout import Service, check_lockout, parse_prefixes
 from fwd.policy.model import Policy
 from fwd.store import SqliteStore
 
@@ -129,6 +129,9 @@ async def serve(
     log.info("bpf_object", path=str(obj_path))
     with BpfObject.open(obj_path) as obj:
         configure_events(obj, rate=settings.event_rate, burst=settings.event_burst)
+        kept = failsafe.entries(settings)
+        failsafe.configure(obj, kept)
+        log.info("failsafe", entries=[str(e) for e in kept])
         if bpffs is not None:
             reuse = pins.reuse_pinned(obj, bpffs)
         else:
@@ -276,15 +279,12 @@ def _prepare_bpffs(pin_dir: Path) -> None:
 
 
 def lockout_guard(settings: Settings) -> Callable[[Policy], None] | None:
-    """The anti-lockout check for the Datapath, or None when no management prefix is set.
+    """The anti-lockout check for the Datapath (fwd/policy/failsafe.py: ``guard``), or None.
 
-    Parsed at start: a bad --mgmt-prefix or --mgmt-service stops the agent with a message.
+    Parsed at start: a bad --failsafe, --mgmt-prefix or --mgmt-service stops the
+    agent with a message.
     """
-    if not settings.mgmt_prefixes:
-        return None
-    prefixes = parse_prefixes(settings.mgmt_prefixes)
-    services = [Service.parse(s) for s in settings.mgmt_services]
-    return functools.partial(check_lockout, prefixes=prefixes, services=services)
+    return failsafe.guard(settings, failsafe.entries(settings))
 
 
 def run(settings: Settings, *, log_level: str = "info") -> int:

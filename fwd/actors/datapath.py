@@ -66,6 +66,7 @@ RESERVED_SLOTS = {
     abi.SLOT_DEFAULT: "(default)",
     abi.SLOT_MALFORMED: "(malformed)",
     abi.SLOT_NON_IP: "(non-ip)",
+    abi.SLOT_FAILSAFE: "(failsafe)",
 }
 MAX_PAGE = 10_000
 # A whole-policy change involving this many rules frees enough memory to be
@@ -465,7 +466,7 @@ class Datapath:
             action = policy.default_action if slot == abi.SLOT_DEFAULT else None
             if slot == abi.SLOT_MALFORMED:
                 action = Action.DROP
-            elif slot == abi.SLOT_NON_IP:
+            elif slot in (abi.SLOT_NON_IP, abi.SLOT_FAILSAFE):
                 action = Action.ALLOW
             out.append(
                 RuleStats(

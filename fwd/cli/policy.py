@@ -172,8 +172,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     apply.add_argument(
         "--force",
         action="store_true",
-        help="apply even if the policy could drop the agent's management traffic "
-        "(see 'fwd agent --mgmt-prefix')",
+        help="apply even if the lock-out check refuses it: a drop rule the failsafe "
+        "overrules, or (failsafe off, or --mgmt-prefix) a policy that could drop the "
+        "management traffic (see 'fwd agent --failsafe')",
     )
     apply.add_argument(
         "--dry-run",

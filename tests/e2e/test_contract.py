@@ -95,3 +95,88 @@ def test_no_op_changes_say_so_and_make_no_revision(lab: Lab, tmp_path: Path) -> 
     assert out.returncode == 0, out.stderr
     assert "1 added, 1 already present; revision" in out.stdout
     assert lab.revisions()[0] == rev + 1
+
+
+SERVE = """
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("198.18.9.1", 22)); s.listen(); s.settimeout(0.5)
+print("ready", flush=True)
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    try:
+        c, _ = s.accept()
+    except TimeoutError:
+        continue
+    with c:
+        c.settimeout(2); c.sendall(c.recv(16))
+"""
+
+CONNECT = """
+import socket
+try:
+    with socket.create_connection(("198.18.9.1", 22), timeout=2) as s:
+        s.settimeout(2); s.sendall(b"hello"); print(s.recv(16).decode())
+except OSError as e:
+    print("failed", type(e).__name__)
+"""
+
+
+def ssh_port_works(lab: Lab) -> bool:
+    """A TCP connection from A to B's port 22 that carries data both ways."""
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", lab.b, sys.executable, "-c", SERVE, "8"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        out = subprocess.run(["ip", "netns", "exec", lab.a, sys.executable, "-c", CONNECT],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout.strip() == "hello"
+    finally:
+        server.kill()
+        server.wait()
+
+
+def ping_works(lab: Lab) -> bool:
+    out = subprocess.run(["ip", "netns", "exec", lab.a, "ping", "-c", "2", "-i", "0.2", "-W", "1",
+                          "198.18.9.1"], capture_output=True, text=True, timeout=20)
+    return out.returncode == 0
+
+
+def test_failsafe_keeps_ssh_through_a_default_drop(lab: Lab, tmp_path: Path) -> None:
+    assert ssh_port_works(lab) and ping_works(lab)
+    closed = tmp_path / "closed.yaml"
+    closed.write_text("default_action: drop\n")
+    applied = lab.fwd("policy", "apply", str(closed))
+    assert applied.returncode == 0, applied.stderr
+    assert not ping_works(lab)  # the policy is enforced...
+    assert ssh_port_works(lab)  # ...but not on the failsafe port
+    stats = {s["rule_id"]: s for s in json.loads(lab.fwd("stats", "-o", "json").stdout)}
+    assert stats["(failsafe)"]["packets"] >= 3 and stats["(failsafe)"]["action"] == "allow"
+    # A rule aimed at the failsafe port would silently do nothing: refused, naming the flags.
+    aimed = tmp_path / "aimed.yaml"
+    aimed.write_text("rules:\n  - {id: no-ssh, action: drop, protocol: tcp, dst_ports: [22]}\n")
+    refused = lab.fwd("policy", "apply", str(aimed))
+    assert refused.returncode == 1
+    assert "rules[0]" in refused.stderr and "--failsafe" in refused.stderr
+    assert "--force" in refused.stderr
+    assert ssh_port_works(lab)
+
+
+def test_failsafe_off_and_forced_really_drops_ssh(tmp_path: Path) -> None:
+    net, agent, a, b = make_lab(tmp_path, "--failsafe", "")
+    try:
+        agent.start()
+        lab = Lab(net, a, b, agent)
+        closed = tmp_path / "closed.yaml"
+        closed.write_text("default_action: drop\n")
+        refused = lab.fwd("policy", "apply", str(closed))
+        assert refused.returncode == 1
+        assert "tcp/22" in refused.stderr and "--force" in refused.stderr, refused.stderr
+        assert ssh_port_works(lab)
+        forced = lab.fwd("policy", "apply", "--force", str(closed))
+        assert forced.returncode == 0, forced.stderr
+        assert not ssh_port_works(lab) and not ping_works(lab)
+    finally:
+        stop_lab(agent if agent.proc else None, net)
