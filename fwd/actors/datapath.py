@@ -25,7 +25,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from fwd import heap
 from fwd.core import abi
 from fwd.kernel.dataplane import Dataplane, TornCommit
-from fwd.errors import FwdError, PolicyError, RevisionMismatch
+from fwd.errors import FwdError, NotFound, PolicyError, RevisionMismatch
 from fwd.messages import (
     AddRule,
     Adoption,
@@ -228,6 +228,8 @@ class Datapath:
                 force=command.force,
             )
             self._count(reply, "rule_changes")
+        elif isinstance(command, DeleteRule) and e.index_of(command.rule_id) is None:
+            reply = Reply(error=NotFound(f"rule_id: no rule with id {command.rule_id!r}"))
         elif isinstance(command, DeleteRule):
             reply = await self._mutate(
                 command.expect_revision, lambda: e.delete_rule(command.rule_id), "rule_deleted",
@@ -306,15 +308,15 @@ class Datapath:
         """Add or remove elements; when none would change, no revision is made."""
         adding = isinstance(cmd, SetAddElements)
         named = self._engine.policy.set_named(cmd.set_name)
-        changed = unchanged = 0
-        if named is not None:  # else change_set names the missing set
-            try:
-                changed, unchanged = named.count_change(cmd.elements, adding)
-            except PolicyError as err:
-                return Reply(error=err)
+        if named is None:
+            return Reply(error=NotFound(f"set: no set named {cmd.set_name!r}"))
+        try:
+            changed, unchanged = named.count_change(cmd.elements, adding)
+        except PolicyError as err:
+            return Reply(error=err)
         reply = await self._mutate(
             cmd.expect_revision,
-            lambda: None if named is not None and not changed else self._engine.change_set(
+            lambda: None if not changed else self._engine.change_set(
                 cmd.set_name, cmd.elements if adding else (), () if adding else cmd.elements
             ),
             "set_changed",
@@ -442,7 +444,7 @@ class Datapath:
         e = self._engine
         named = e.policy.set_named(cmd.set_name)
         if named is None:
-            return Reply(error=PolicyError("set", f"no set named {cmd.set_name!r}"))
+            return Reply(error=NotFound(f"set: no set named {cmd.set_name!r}"))
         if cmd.offset < 0 or not 0 < cmd.limit <= MAX_PAGE:
             return Reply(error=PolicyError("limit", f"offset >= 0 and limit 1-{MAX_PAGE}"))
         # Sorting a big set once per version, not once per page.

@@ -180,3 +180,11 @@ def test_failsafe_off_and_forced_really_drops_ssh(tmp_path: Path) -> None:
         assert not ssh_port_works(lab) and not ping_works(lab)
     finally:
         stop_lab(agent if agent.proc else None, net)
+
+
+def test_missing_rule_or_set_is_not_found(lab: Lab) -> None:
+    for args in (("rules", "delete", "nosuch"), ("sets", "add", "nosuch", "198.18.0.0/24"),
+                 ("sets", "remove", "nosuch", "198.18.0.0/24"), ("sets", "show", "nosuch")):
+        out = lab.fwd(*args)
+        assert out.returncode == 1 and out.stderr.startswith("fwd: NOT_FOUND: "), (args, out)
+        assert "nosuch" in out.stderr
