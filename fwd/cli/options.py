@@ -9,6 +9,9 @@ from collections.abc import Callable
 from fwd.api.client import SOCKET_ENV, default_socket
 
 
+DEFAULT_TIMEOUT = 10.0
+
+
 def bounded_int_arg(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -30,10 +33,11 @@ def positive_arg(text: str) -> float:
 
 
 def revision_arg(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
-    return value
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(
+            f"a revision is a number (see 'fwd policy history'), not {text!r}"
+        )
+    return int(text)
 
 
 def duration_arg(text: str) -> int:
@@ -72,9 +76,10 @@ def client_options(
     common.add_argument(
         "--timeout",
         type=positive_arg,
-        default=argparse.SUPPRESS if suppress else 10.0,
+        default=argparse.SUPPRESS if suppress else None,
         metavar="SECONDS",
-        help="give up on each call after this long (default: 10)",
+        help=f"give up on each call after this long (default: {DEFAULT_TIMEOUT:g}; "
+        "a policy apply waits longer, by the policy's size)",
     )
     return common
 

@@ -2,7 +2,7 @@
 
 A thin client: every command except ``agent`` is one or a few gRPC calls on
 the agent's unix socket, printed as a plain-text table or as JSON. Exit codes:
-0 success, 1 an error (printed as ``fwd: <status>: <message>``), 2 bad usage.
+fwd.cli.exits.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ commands:
 Client commands take --socket PATH (default: $FWD_SOCKET or /run/fwd/fwd.sock)
 and --timeout SECONDS. 'fwd COMMAND --help' describes each command.
 
-exit status: 0 success, 1 error (printed as 'fwd: STATUS: message'), 2 bad usage.
+exit status: 0 done; 1 refused or failed, nothing changed ('fwd: STATUS: message');
+2 bad usage; 3 the agent could not be reached; 4 outcome unknown: a change was sent
+and no answer came (the message names the revision to check in 'fwd policy history').
 """
 
 

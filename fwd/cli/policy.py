@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 from fwd.api.client import Client
 from fwd.api.convert import policy_from_proto
-from fwd.cli.options import duration_arg, revision_arg
+from fwd.cli.options import DEFAULT_TIMEOUT, duration_arg, revision_arg
 from fwd.cli.output import Failed, dumps, enum_name, format_table, message_to_json, summary
 from fwd.errors import PolicyError
 from fwd.policy.files import dump_policy_yaml, load_policy_file
@@ -66,6 +66,15 @@ async def _policy_apply(client: Client, args: argparse.Namespace, out: TextIO) -
         )
     else:
         out.write(f"applied revision {revision}\n")
+
+
+def apply_deadline(args: argparse.Namespace) -> float:
+    """How long ``fwd policy apply`` waits without --timeout: long enough for the agent
+    to validate, compile and write a policy of this size on a busy node (100,000 rules
+    take ~2-25 s end to end here), so a big apply ends in its result, not a false failure."""
+    policy = args.policy
+    elements = sum(len(s) for s in policy.sets)
+    return DEFAULT_TIMEOUT + 20.0 + len(policy.rules) / 1000 + elements / 20000
 
 
 async def _policy_confirm(client: Client, args: argparse.Namespace, out: TextIO) -> None:
@@ -201,7 +210,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                        "(default: every node)")
     apply.add_argument("--priority", type=int, metavar="P",
                        help="cluster mode: merge order, lower first (default: 100)")
-    apply.set_defaults(client=_policy_apply, prepare=load_policy)
+    apply.set_defaults(client=_policy_apply, prepare=load_policy, write="the apply",
+                       deadline=apply_deadline)
 
     confirm = policy_sub.add_parser(
         "confirm",
@@ -211,7 +221,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     confirm.add_argument("revision", nargs="?", type=revision_arg, metavar="REV",
                          help="the pending revision (default: whichever is pending)")
-    confirm.set_defaults(client=_policy_confirm)
+    confirm.set_defaults(client=_policy_confirm, write="the confirmation")
 
     rollback = policy_sub.add_parser(
         "rollback",
@@ -222,7 +232,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     rollback.add_argument("revision", type=revision_arg, metavar="REV")
     rollback.add_argument("--expect-revision", type=revision_arg, metavar="N",
                           help="fail unless revision N is the one enforced now")
-    rollback.set_defaults(client=_policy_rollback)
+    rollback.set_defaults(client=_policy_rollback, write="the rollback")
 
     history = policy_sub.add_parser(
         "history",

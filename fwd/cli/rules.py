@@ -101,11 +101,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     where.add_argument("--before", metavar="ID")
     where.add_argument("--after", metavar="ID")
     change_options(add)
-    add.set_defaults(client=_rules_add)
+    add.set_defaults(client=_rules_add, write="the rule")
     delete = rules_sub.add_parser("delete", parents=[common], help="delete a rule by id")
     delete.add_argument("rule_id", metavar="ID")
     change_options(delete)
-    delete.set_defaults(client=_rules_delete)
+    delete.set_defaults(client=_rules_delete, write="the delete")
 
 
 def _rule_type(text: str) -> Any:

@@ -86,7 +86,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         p.add_argument("elements", nargs="*", metavar="ELEMENT")
         p.add_argument("--file", metavar="FILE", help="more elements, one a line (# comments)")
         change_options(p)
-        p.set_defaults(client=_sets_change, prepare=_prepare_elements)
+        p.set_defaults(client=_sets_change, prepare=_prepare_elements, write="the set change")
 
 
 def _prepare_elements(args: argparse.Namespace) -> None:

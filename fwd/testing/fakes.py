@@ -75,7 +75,8 @@ class FakeDatapath:
       than ``max_rules`` rules (CapacityError), and fails with ``fail_next``
       once if that is set; otherwise the revision goes up by one.
     - GetStats answers ``stats`` if set, else one zeroed entry per rule.
-    - With ``silent`` it takes commands but never answers (deadline tests).
+    - With ``silent`` it takes commands but never answers (deadline tests); commands
+      whose type is in ``silent_to`` only those.
     """
 
     def __init__(
@@ -93,6 +94,7 @@ class FakeDatapath:
         self.stats: tuple[RuleStats, ...] | None = None
         self.fail_next: FwdError | None = None
         self.silent = False
+        self.silent_to: tuple[type, ...] = ()
         self.applies = 0  # successful applies, for assertions
         self.received: list[DatapathCommand] = []
         self.history: dict[int, Policy] = {revision: policy}
@@ -114,7 +116,7 @@ class FakeDatapath:
     async def _serve(self, unanswered: list[DatapathCommand]) -> None:
         async for command in self._commands:
             self.received.append(command)
-            if self.silent:
+            if self.silent or isinstance(command, self.silent_to):
                 unanswered.append(command)
                 continue
             if isinstance(command, GetPolicy):

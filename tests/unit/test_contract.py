@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from fwd.errors import PolicyError
@@ -28,3 +30,64 @@ def test_host_bits_in_a_cidr_are_refused_naming_the_field(
     assert caught.value.field == field, where
     assert "host bits" in str(caught.value) and network in str(caught.value)
     assert repr(address) in str(caught.value)
+
+
+# --- exit codes (Why 1, 6): 0 done, 1 refused, 2 usage, 3 unreachable, 4 outcome unknown ---
+
+import anyio  # noqa: E402
+
+from fwd.messages import ApplyPolicy  # noqa: E402
+from fwd.testing import serve_api  # noqa: E402
+from tests.unit.test_cli import fwd_cli, sock_path, write_policy  # noqa: E402
+
+
+@pytest.mark.asyncio
+async def test_exit_codes_tell_refused_usage_unreachable_and_unknown_apart(tmp_path: Path) -> None:
+    sock = sock_path(tmp_path)
+    policy = write_policy(tmp_path)
+    assert (await fwd_cli("policy", "apply", policy, "--socket", sock))[0] == 3  # no agent
+    assert (await fwd_cli("policy", "apply", "--socket", sock))[0] == 2  # usage
+    async with serve_api(sock) as harness:
+        assert (await fwd_cli("policy", "apply", policy, "--socket", sock))[0] == 0
+        code, _, err = await fwd_cli("policy", "apply", policy, "--socket", sock,
+                                     "--expect-revision", "7")
+        assert code == 1 and "FAILED_PRECONDITION" in err
+        # The apply is sent and never answered: the outcome is unknown, and the message
+        # names the revision enforced before it (what a script checks next).
+        harness.datapath.silent_to = (ApplyPolicy,)
+        code, out, err = await fwd_cli("policy", "apply", policy, "--socket", sock,
+                                       "--timeout", "0.3")
+    assert (code, out) == (4, "")
+    assert err.startswith("fwd: OUTCOME UNKNOWN: the apply was sent but no answer came within "
+                          "0.3s; revision 1 was enforced before it"), err
+    assert "revision 2 or later" in err
+
+
+@pytest.mark.asyncio
+async def test_agent_stops_during_a_change_is_outcome_unknown(tmp_path: Path) -> None:
+    sock = sock_path(tmp_path)
+    results: list[tuple[int, str, str]] = []
+
+    async def apply() -> None:
+        results.append(await fwd_cli("policy", "apply", write_policy(tmp_path), "--socket", sock))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg, serve_api(sock) as harness:
+            harness.datapath.silent_to = (ApplyPolicy,)
+            tg.start_soon(apply)
+            while not any(isinstance(c, ApplyPolicy) for c in harness.datapath.received):
+                await anyio.sleep(0.01)
+    [(code, _, err)] = results
+    assert code == 4 and "OUTCOME UNKNOWN" in err and "revision 0 was enforced" in err, err
+
+
+def test_apply_waits_by_the_policy_size() -> None:
+    import argparse
+
+    from fwd.cli.policy import apply_deadline
+    from fwd.policy.model import Policy, Rule, Action
+
+    small = argparse.Namespace(policy=Policy())
+    big = argparse.Namespace(policy=Policy(rules=tuple(Rule(f"r{i}", Action.DROP)
+                                                       for i in range(100_000))))
+    assert 10 <= apply_deadline(small) < 60 and apply_deadline(big) >= 100
