@@ -242,7 +242,7 @@ class Datapath:
         elif isinstance(command, GetPolicy):
             reply = Reply(Applied(e.revision, e.policy, self._adoption))
         elif isinstance(command, GetStats):
-            reply = Reply(self._read_stats())
+            reply = Reply(self._read_stats(command.offset, command.limit))
         elif isinstance(command, ListRules):
             reply = self._list_rules(command)
         elif isinstance(command, ListSets):
@@ -454,16 +454,22 @@ class Datapath:
         page = tuple(elements[cmd.offset : cmd.offset + cmd.limit])
         return Reply(SetElementsPage(e.revision, cmd.set_name, cmd.offset, len(elements), page))
 
-    def _read_stats(self) -> tuple[RuleStats, ...]:
+    def _read_stats(self, offset: int = 0, limit: int = 0) -> tuple[RuleStats, ...]:
+        """Counters of one page of rows: the reserved slots, then each rule (only the
+        page's slots are read, so paging through 100,000 rules stays linear)."""
         e = self._engine
         policy = e.policy
         slots = e.slots
-        # Every rule's slot: batch lookups (a few syscalls) instead of one per slot.
+        nres = len(RESERVED_SLOTS)
+        end = nres + len(policy.rules) if limit <= 0 else offset + limit
+        reserved = list(RESERVED_SLOTS.items())[offset:end]
+        rules = policy.rules[max(offset - nres, 0) : max(end - nres, 0)]
+        # The page's slots: batch lookups (a few syscalls) instead of one per slot.
         counters = self._dp.read_counters_batch(
-            list(RESERVED_SLOTS) + [slots[r.id] for r in policy.rules]
+            [s for s, _ in reserved] + [slots[r.id] for r in rules]
         )
         out: list[RuleStats] = []
-        for slot, name in RESERVED_SLOTS.items():
+        for slot, name in reserved:
             c = counters[slot]
             action = policy.default_action if slot == abi.SLOT_DEFAULT else None
             if slot == abi.SLOT_MALFORMED:
@@ -480,7 +486,7 @@ class Datapath:
                     c.would_drop_bytes,
                 )
             )
-        for rule in policy.rules:
+        for rule in rules:
             c = counters[slots[rule.id]]
             out.append(
                 RuleStats(

@@ -9,10 +9,11 @@ from ssl import SSLContext
 from types import TracebackType
 from typing import Self, TypeVar
 
-from grpclib.client import Channel
+from grpclib.client import Channel, UnaryUnaryMethod
 
 from fwd.api import convert
 from fwd.api.gen.fwd import v1 as pb
+from fwd.api.statswire import DecodedStatsPage, StatsRow
 from fwd.errors import FwdError
 from fwd.policy.model import Policy
 
@@ -178,6 +179,23 @@ class Client:
             token = response.next_page_token
             if not token:
                 return stats
+
+    async def rule_stats_rows(self, page_size: int = 50_000) -> list[StatsRow]:
+        """Every rule's counters, decoded by hand (fwd/api/statswire.py): 100,000 rules
+        in well under a second, where betterproto2 takes seconds."""
+        method = UnaryUnaryMethod[pb.ListRuleStatsRequest, DecodedStatsPage](
+            self.channel, "/fwd.v1.StatsService/ListRuleStats", pb.ListRuleStatsRequest,
+            DecodedStatsPage,
+        )
+        rows: list[StatsRow] = []
+        token = ""
+        while True:
+            request = pb.ListRuleStatsRequest(page_size=page_size, page_token=token)
+            page = await self._call(method(request, timeout=self.timeout))
+            rows.extend(page.stats)
+            token = page.next_page_token
+            if not token:
+                return rows
 
     async def _call(self, call: Awaitable[R]) -> R:
         """Await one RPC, turning "nobody listens" into AgentUnreachable."""

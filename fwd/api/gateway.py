@@ -241,9 +241,13 @@ class Gateway:
             "datapath",
         )
 
-    async def rule_stats(self) -> tuple[messages.RuleStats, ...]:
-        """Every rule's counters, in policy order."""
-        return await self.ask(self._datapath, lambda r: messages.GetStats(reply=r), "datapath")
+    async def rule_stats(self, offset: int = 0, limit: int = 0) -> tuple[messages.RuleStats, ...]:
+        """Counters of rows ``offset`` .. ``offset + limit`` (reserved slots, then the rules
+        in policy order; ``limit`` 0: all)."""
+        return await self.ask(
+            self._datapath, lambda r: messages.GetStats(reply=r, offset=offset, limit=limit),
+            "datapath",
+        )
 
     async def interfaces(self) -> tuple[messages.InterfaceStatus, ...]:
         """Every interface the Links actor knows."""

@@ -26,13 +26,14 @@ Command = Callable[[Client, argparse.Namespace, TextIO], Awaitable[None]]
 
 
 async def _revision_now(client: Client) -> int | None:
-    """The enforced revision, cheaply (one history entry); None if it cannot be read."""
-    stub = pb.PolicyServiceStub(client.channel, timeout=client.timeout)
+    """The enforced revision, cheaply: a one-rule page of ListRules carries it (the
+    history would parse a stored policy, seconds at 100,000 rules); None if unreadable."""
+    stub = pb.RuleServiceStub(client.channel, timeout=client.timeout)
     try:
-        reply = await client._call(stub.list_history(pb.ListHistoryRequest(page_size=1)))
+        reply = await client._call(stub.list_rules(pb.ListRulesRequest(page_size=1)))
     except GRPCError:
         return None
-    return reply.revisions[0].revision if reply.revisions else 0
+    return reply.revision
 
 
 def run_client(command: Command, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -15,6 +15,7 @@ from fwd.api.gen.fwd import v1 as pb
 from fwd.cli.options import positive_arg
 from fwd.cli.output import (
     dumps,
+    dumps_rows,
     enum_name,
     format_table,
     interface_to_json,
@@ -71,9 +72,9 @@ async def _interfaces(client: Client, args: argparse.Namespace, out: TextIO) -> 
 
 
 async def _stats(client: Client, args: argparse.Namespace, out: TextIO) -> None:
-    stats = [rule_stats_to_json(s) for s in await client.list_rule_stats()]
+    stats = [rule_stats_to_json(s) for s in await client.rule_stats_rows()]
     if args.output == "json":
-        out.write(dumps(stats))
+        out.write(dumps_rows(stats))
         return
     keys = ("rule_id", "action", "packets", "bytes", "would_drop_packets", "would_drop_bytes")
     headers = ("RULE", "ACTION", "PACKETS", "BYTES", "WOULD_DROP_PACKETS", "WOULD_DROP_BYTES")

@@ -86,7 +86,12 @@ class RuleStats:
 
 @dataclass(frozen=True)
 class GetStats:
+    """Counters of the rows ``offset`` .. ``offset + limit`` (reserved slots first, then
+    the rules in order; ``limit`` 0: every row). Only those slots are read."""
+
     reply: MemoryObjectSendStream[Reply[tuple[RuleStats, ...]]]
+    offset: int = 0
+    limit: int = 0
 
 
 @dataclass(frozen=True)

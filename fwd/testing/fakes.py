@@ -30,7 +30,9 @@ from fwd.messages import (
     GetStats,
     InterfaceStatus,
     ListInterfaces,
+    ListRules,
     Reply,
+    RulePage,
     RuleStats,
 )
 from fwd.settings import Settings
@@ -122,7 +124,9 @@ class FakeDatapath:
             if isinstance(command, GetPolicy):
                 await _answer(command.reply, Reply(value=Applied(self.revision, self.policy)))
             elif isinstance(command, GetStats):
-                await _answer(command.reply, Reply(value=self.current_stats()))
+                rows = self.current_stats()
+                end = len(rows) if command.limit <= 0 else command.offset + command.limit
+                await _answer(command.reply, Reply(value=rows[command.offset : end]))
             elif isinstance(command, GetHistory):
                 revs = sorted(self.history, reverse=True)
                 page = tuple(
@@ -143,6 +147,13 @@ class FakeDatapath:
                     )
             elif isinstance(command, ApplyPolicy):
                 await _answer(command.reply, self.apply(command))
+            elif isinstance(command, ListRules):
+                every = self.policy.rules
+                chunk = every[command.offset : command.offset + command.limit]
+                await _answer(
+                    command.reply,
+                    Reply(value=RulePage(self.revision, command.offset, len(every), chunk)),
+                )
             else:  # rule and set commands are not faked: the reply closes unanswered
                 command.reply.close()
 
