@@ -12,7 +12,7 @@ from fwd.api.convert import policy_from_proto
 from fwd.cli.options import DEFAULT_TIMEOUT, duration_arg, revision_arg
 from fwd.cli.output import Failed, dumps, enum_name, format_table, message_to_json, summary
 from fwd.errors import PolicyError
-from fwd.policy.files import dump_policy_yaml, load_policy_file
+from fwd.policy.files import FORMATS, dump_policy_yaml, load_policy_file
 from fwd.policy.model import Policy, policy_to_dict
 from fwd.policy.model import rule_to_dict as model_rule_to_dict
 
@@ -33,7 +33,10 @@ async def _policy_get(client: Client, args: argparse.Namespace, out: TextIO) -> 
 def load_policy(args: argparse.Namespace) -> None:
     """Validate the file before connecting: a broken file needs no agent to be reported."""
     try:
-        args.policy = load_policy_file(args.file, allow_empty=getattr(args, "allow_empty", True))
+        args.policy = load_policy_file(
+            args.file, getattr(args, "format", None),
+            allow_empty=getattr(args, "allow_empty", True),
+        )
     except PolicyError as exc:
         text = str(exc)
         raise Failed(text if args.file in text else f"{args.file}: {text}") from None
@@ -66,6 +69,12 @@ async def _policy_apply(client: Client, args: argparse.Namespace, out: TextIO) -
         )
     else:
         out.write(f"applied revision {revision}\n")
+
+
+def _format_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="the file's format when its name does not say it, or for stdin "
+                   "(default there: json)")
 
 
 def apply_deadline(args: argparse.Namespace) -> float:
@@ -170,7 +179,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Validate FILE (YAML or JSON), then have the agent enforce it "
         "atomically. Prints the new revision.",
     )
-    apply.add_argument("file", metavar="FILE", help="the policy file (YAML or JSON)")
+    apply.add_argument("file", metavar="FILE", help="the policy file: .json (strict JSON), "
+                       ".yaml or .yml; '-' reads stdin (JSON unless --format yaml)")
+    _format_option(apply)
     apply.add_argument(
         "--expect-revision",
         type=revision_arg,
@@ -248,5 +259,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Compare a policy file with the enforced policy, rule by rule (by id): "
         "+ added, - removed, ~ changed, > moved.",
     )
-    diff.add_argument("file", metavar="FILE")
+    diff.add_argument("file", metavar="FILE", help="as for 'fwd policy apply'")
+    _format_option(diff)
     diff.set_defaults(client=_policy_diff, prepare=load_policy)

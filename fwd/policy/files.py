@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import sys
+from typing import Any, BinaryIO
 
 import yaml
 
@@ -74,8 +75,35 @@ def _syntax_error(exc: yaml.YAMLError, source: str) -> PolicyError:
     return PolicyError("", f"{where}: invalid YAML: {detail}")
 
 
-def load_policy_text(text: str, source: str = "<policy>", *, allow_empty: bool = True) -> Policy:
-    """Parse and validate a policy document (YAML or JSON).
+FORMATS = ("json", "yaml")
+_EXTENSIONS = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
+
+
+def format_of(name: str) -> str | None:
+    """The format a file's name says (.json, .yaml, .yml), or None."""
+    return _EXTENSIONS.get(os.path.splitext(name)[1].lower())
+
+
+def _strict_json(text: str, source: str) -> Any:
+    """A JSON document, strictly: a syntax error is reported, never retried as YAML
+    (a broken ``.json`` file used to be read as YAML and applied as something else)."""
+    try:
+        return json.loads(text, object_pairs_hook=_json_object)
+    except _DuplicateKey as exc:
+        raise PolicyError("", f"{source}: invalid JSON: duplicate key {exc.args[0]!r}") from None
+    except json.JSONDecodeError as exc:
+        raise PolicyError(
+            "", f"{source}: line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
+        ) from None
+    except RecursionError:
+        raise PolicyError("", f"{source}: invalid JSON: nested too deeply") from None
+
+
+def load_policy_text(
+    text: str, source: str = "<policy>", fmt: str | None = None, *, allow_empty: bool = True
+) -> Policy:
+    """Parse and validate a policy document: ``fmt`` "json" (strict), "yaml", or None
+    (JSON when it parses as JSON, else YAML).
 
     Raises PolicyError for syntax errors (field "", message with line/column),
     oversized documents and every validation error of ``policy_from_dict``; with
@@ -87,12 +115,15 @@ def load_policy_text(text: str, source: str = "<policy>", *, allow_empty: bool =
         size = len(text.encode("utf-8", "surrogatepass"))
         if size > MAX_POLICY_BYTES:
             raise _too_big(str(size), source)
-    raw = _load_json(text, source)
+    raw = _strict_json(text, source) if fmt == "json" else _NOT_JSON
+    if raw is _NOT_JSON and fmt != "yaml":
+        raw = _load_json(text, source)
     if raw is _NOT_JSON:
         try:
             raw = yaml.load(text, Loader=_Loader)
         except yaml.YAMLError as exc:
             raise _syntax_error(exc, source) from None
+    raw = _unwrap(raw)
     if not allow_empty and is_empty(raw):
         raise PolicyError(
             "",
@@ -100,6 +131,17 @@ def load_policy_text(text: str, source: str = "<policy>", *, allow_empty: bool =
             "allow everything; pass --allow-empty if that is what you mean",
         )
     return policy_from_dict(raw)
+
+
+# ``fwd policy get -o json`` prints {"revision", "policy", "adoption"}: read back, the
+# policy is what is meant (as kubectl apply takes what kubectl get printed).
+_ENVELOPE = frozenset({"revision", "policy", "adoption"})
+
+
+def _unwrap(raw: Any) -> Any:
+    if isinstance(raw, dict) and "policy" in raw and set(raw) <= _ENVELOPE:
+        return raw["policy"]
+    return raw
 
 
 def is_empty(raw: Any) -> bool:
@@ -143,15 +185,34 @@ def _load_json(text: str, source: str) -> Any:
         return _NOT_JSON  # a YAML flow mapping ({rules: []}) or broken: YAML says which
 
 
-def load_policy_file(path: str | os.PathLike[str], *, allow_empty: bool = True) -> Policy:
+def load_policy_file(
+    path: str | os.PathLike[str], fmt: str | None = None, stdin: BinaryIO | None = None,
+    *, allow_empty: bool = True,
+) -> Policy:
     """Read, parse and validate a policy file; unreadable files raise PolicyError
-    (and so does an empty one unless ``allow_empty``: see :func:`load_policy_text`)."""
+    (and so does an empty one unless ``allow_empty``: see :func:`load_policy_text`).
+
+    The format is ``fmt``, else the name's (.json strict JSON, .yaml/.yml YAML);
+    another name needs ``fmt``. ``-`` reads ``stdin`` (default: the process's), JSON
+    unless ``fmt`` says "yaml", so ``fwd policy get -o json | fwd policy apply -`` works.
+    """
     name = os.fspath(path)
+    if fmt is None:
+        fmt = "json" if name == "-" else format_of(name)
+        if fmt is None:
+            raise PolicyError(
+                "", f"{name}: the name does not say the format: name it .json, .yaml or "
+                ".yml, or give --format json|yaml"
+            )
     try:
-        with open(name, "rb") as f:
-            # Read one byte past the limit so an oversized file is refused without
-            # loading all of it.
-            data = f.read(MAX_POLICY_BYTES + 1)
+        if name == "-":
+            data = (stdin or sys.stdin.buffer).read(MAX_POLICY_BYTES + 1)
+            name = "<stdin>"
+        else:
+            with open(name, "rb") as f:
+                # Read one byte past the limit so an oversized file is refused without
+                # loading all of it.
+                data = f.read(MAX_POLICY_BYTES + 1)
     except OSError as exc:
         raise PolicyError("", f"{name}: cannot read policy file: {exc.strerror or exc}") from None
     if len(data) > MAX_POLICY_BYTES:
@@ -160,7 +221,7 @@ def load_policy_file(path: str | os.PathLike[str], *, allow_empty: bool = True) 
         text = data.decode("utf-8-sig")  # tolerate a BOM from Windows editors
     except UnicodeDecodeError as exc:
         raise PolicyError("", f"{name}: not UTF-8 text (byte {exc.start})") from None
-    return load_policy_text(text, source=name, allow_empty=allow_empty)
+    return load_policy_text(text, source=name, fmt=fmt, allow_empty=allow_empty)
 
 
 def dump_policy_yaml(policy: Policy) -> str:

@@ -129,4 +129,12 @@ def parse_sets(raw: Any) -> tuple[NamedSet, ...]:
 
 
 def sets_to_dict(sets: Iterable[NamedSet]) -> dict[str, Any]:
-    return {s.name: {"type": s.type.value, "elements": s.elements()} for s in sets}
+    return {
+        s.name: {
+            "type": s.type.value,
+            # Ports as numbers (one port) or "first-last", as in rules.
+            "elements": s.elements() if s.type is SetType.PREFIX
+            else [p.first if p.first == p.last else str(p) for p in s.ports],
+        }
+        for s in sets
+    }

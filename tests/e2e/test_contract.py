@@ -188,3 +188,26 @@ def test_missing_rule_or_set_is_not_found(lab: Lab) -> None:
         out = lab.fwd(*args)
         assert out.returncode == 1 and out.stderr.startswith("fwd: NOT_FOUND: "), (args, out)
         assert "nosuch" in out.stderr
+
+
+def test_output_applies_back_as_a_no_op(lab: Lab, tmp_path: Path) -> None:
+    path = tmp_path / "round.yaml"
+    path.write_text(SET_POLICY + "  - {id: ports, action: drop, protocol: udp, "
+                    "src_ports: ['1024-65535'], dst_ports: [9999, '7000-7001']}\n")
+    applied = lab.fwd("policy", "apply", str(path))
+    assert applied.returncode == 0, applied.stderr
+    rev = lab.revisions()[0]
+    as_json = lab.fwd("policy", "get", "-o", "json")
+    assert '"dst_ports": [\n' in as_json.stdout and "9999" in as_json.stdout
+    assert '"9999"' not in as_json.stdout  # numbers print as numbers
+    again = lab.fwd("policy", "apply", "-", stdin=as_json.stdout)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == f"unchanged: revision {rev} already enforces this policy\n"
+    as_yaml = lab.fwd("policy", "get")
+    assert "dst_ports: [9999, 7000-7001]" in as_yaml.stdout, as_yaml.stdout
+    again = lab.fwd("policy", "apply", "--format", "yaml", "-", stdin=as_yaml.stdout)
+    assert again.returncode == 0 and "unchanged" in again.stdout, again
+    # YAML on stdin without --format is not guessed.
+    refused = lab.fwd("policy", "apply", "-", stdin=as_yaml.stdout)
+    assert refused.returncode == 1 and "invalid JSON" in refused.stderr
+    assert lab.revisions()[0] == rev

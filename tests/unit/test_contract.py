@@ -91,3 +91,51 @@ def test_apply_waits_by_the_policy_size() -> None:
     big = argparse.Namespace(policy=Policy(rules=tuple(Rule(f"r{i}", Action.DROP)
                                                        for i in range(100_000))))
     assert 10 <= apply_deadline(small) < 60 and apply_deadline(big) >= 100
+
+
+# --- policy files (Why 3, 5): strict JSON, format by name, output that applies back ---
+
+import io  # noqa: E402
+
+from fwd.policy.files import dump_policy_yaml, load_policy_file  # noqa: E402
+from fwd.policy.model import policy_to_dict  # noqa: E402
+
+
+def test_a_json_file_is_strict_json(tmp_path: Path) -> None:
+    broken = tmp_path / "p.json"
+    broken.write_text("{default_action: drop, rules: [{id: x, action: drop}]}\n")  # YAML, not JSON
+    with pytest.raises(PolicyError, match=r"p.json: line 1, column 2: invalid JSON"):
+        load_policy_file(broken)
+    (tmp_path / "p.yaml").write_text(broken.read_text())
+    assert len(load_policy_file(tmp_path / "p.yaml").rules) == 1
+    (tmp_path / "p.yml").write_text(broken.read_text())
+    assert len(load_policy_file(tmp_path / "p.yml").rules) == 1
+    other = tmp_path / "policy.txt"
+    other.write_text('{"default_action": "drop"}')
+    with pytest.raises(PolicyError, match=r"policy.txt: the name does not say the format.*--format"):
+        load_policy_file(other)
+    assert load_policy_file(other, "json").default_action.value == "drop"
+
+
+def test_stdin_is_json_unless_told_yaml() -> None:
+    yaml_text = b"default_action: drop\n"
+    with pytest.raises(PolicyError, match="<stdin>: line 1, column 1: invalid JSON"):
+        load_policy_file("-", stdin=io.BytesIO(yaml_text))
+    assert load_policy_file("-", "yaml", stdin=io.BytesIO(yaml_text)).default_action.value == "drop"
+
+
+def test_output_applies_back_with_numbers_as_numbers() -> None:
+    import json
+
+    raw = {"sets": {"web": {"type": "port", "elements": [443, "8000-8080"]}},
+           "rules": [{"id": "a", "action": "drop", "protocol": "tcp", "src_ports": ["1024-65535"],
+                      "dst_ports": [22, "9998-9999"]}]}
+    policy = policy_from_dict(raw)
+    doc = policy_to_dict(policy)
+    assert doc["rules"][0]["dst_ports"] == [22, "9998-9999"]
+    assert doc["sets"]["web"]["elements"] == [443, "8000-8080"]
+    assert "dst_ports: [22, 9998-9999]" in dump_policy_yaml(policy)
+    # What 'fwd policy get -o json' prints (revision, policy, adoption) applies as is.
+    envelope = json.dumps({"revision": 3, "policy": doc, "adoption": {"maps_reused": []}})
+    assert load_policy_file("-", stdin=io.BytesIO(envelope.encode())) == policy
+    assert load_policy_file("-", "yaml", stdin=io.BytesIO(dump_policy_yaml(policy).encode())) == policy
