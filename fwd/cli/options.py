@@ -26,8 +26,11 @@ def bounded_int_arg(low: int, high: int) -> Callable[[str], int]:
 
 
 def positive_arg(text: str) -> float:
-    value = float(text)
-    if not value > 0:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be positive, not {text}")
     return value
 

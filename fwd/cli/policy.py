@@ -115,38 +115,71 @@ async def _policy_history(client: Client, args: argparse.Namespace, out: TextIO)
         out.write(format_table(headers, [list(r.values()) for r in rows]))
 
 
-def diff_policies(running: Policy, wanted: Policy) -> list[str]:
-    """Lines saying which rules a new policy adds, removes, changes or moves (by id)."""
+def diff_changes(running: Policy, wanted: Policy) -> list[dict[str, Any]]:
+    """What a new policy adds, removes, changes or moves (rules by id, sets by name,
+    and the policy's own settings), as plain data (``policy diff -o json``)."""
     old = {r.id: (i, model_rule_to_dict(r)) for i, r in enumerate(running.rules)}
     new = {r.id: (i, model_rule_to_dict(r)) for i, r in enumerate(wanted.rules)}
-    lines = []
+    out: list[dict[str, Any]] = []
     for field in ("default_action", "dry_run", "log_default"):
         a, b = getattr(running, field), getattr(wanted, field)
         if a != b:
-            lines.append(f"~ {field}: {getattr(a, 'value', a)} -> {getattr(b, 'value', b)}")
+            out.append({"change": "changed", "field": field,
+                        "from": getattr(a, "value", a), "to": getattr(b, "value", b)})
     for rid, (i, d) in new.items():
         if rid not in old:
-            lines.append(f"+ {rid} (at {i}): {summary(d)} -> {d['action']}")
+            out.append({"change": "added", "rule": rid, "position": i, "to": d})
         elif old[rid][1] != d:
-            lines.append(f"~ {rid}: {summary(old[rid][1])} -> {summary(d)}; {d['action']}")
+            out.append({"change": "changed", "rule": rid, "from": old[rid][1], "to": d})
         elif old[rid][0] != i:
-            lines.append(f"> {rid} moves {old[rid][0]} -> {i}")
-    lines += [f"- {rid}" for rid in old if rid not in new]
+            out.append({"change": "moved", "rule": rid, "from": old[rid][0], "to": i})
+    out += [{"change": "removed", "rule": rid, "from": old[rid][1]} for rid in old
+            if rid not in new]
     old_sets = {s.name: s for s in running.sets}
     for s in wanted.sets:
         if s.name not in old_sets:
-            lines.append(f"+ set {s.name} ({len(s)} elements)")
+            out.append({"change": "added", "set": s.name, "to": len(s)})
         elif old_sets[s.name] != s:
-            lines.append(f"~ set {s.name}: {len(old_sets[s.name])} -> {len(s)} elements")
-    lines += [f"- set {n}" for n in old_sets if wanted.set_named(n) is None]
-    return lines
+            out.append({"change": "changed", "set": s.name, "from": len(old_sets[s.name]),
+                        "to": len(s)})
+    out += [{"change": "removed", "set": n, "from": len(old_sets[n])} for n in old_sets
+            if wanted.set_named(n) is None]
+    return out
+
+
+def _diff_line(c: dict[str, Any]) -> str:
+    kind = c["change"]
+    if "field" in c:
+        return f"~ {c['field']}: {c['from']} -> {c['to']}"
+    if "set" in c:
+        if kind == "added":
+            return f"+ set {c['set']} ({c['to']} elements)"
+        if kind == "changed":
+            return f"~ set {c['set']}: {c['from']} -> {c['to']} elements"
+        return f"- set {c['set']}"
+    rid = c["rule"]
+    if kind == "added":
+        return f"+ {rid} (at {c['position']}): {summary(c['to'])} -> {c['to']['action']}"
+    if kind == "changed":
+        return f"~ {rid}: {summary(c['from'])} -> {summary(c['to'])}; {c['to']['action']}"
+    if kind == "moved":
+        return f"> {rid} moves {c['from']} -> {c['to']}"
+    return f"- {rid}"
+
+
+def diff_policies(running: Policy, wanted: Policy) -> list[str]:
+    """Lines saying which rules a new policy adds, removes, changes or moves (by id)."""
+    return [_diff_line(c) for c in diff_changes(running, wanted)]
 
 
 async def _policy_diff(client: Client, args: argparse.Namespace, out: TextIO) -> None:
     running = await client.get_policy()
-    lines = diff_policies(policy_from_proto(running.policy), args.policy)
+    changes = diff_changes(policy_from_proto(running.policy), args.policy)
+    if args.output == "json":
+        out.write(dumps({"revision": running.revision, "changes": changes}))
+        return
     out.write(f"# against revision {running.revision}\n")
-    out.write("\n".join(lines) + "\n" if lines else "no changes\n")
+    out.write("".join(_diff_line(c) + "\n" for c in changes) if changes else "no changes\n")
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -261,4 +294,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     diff.add_argument("file", metavar="FILE", help="as for 'fwd policy apply'")
     _format_option(diff)
+    diff.add_argument("-o", "--output", choices=("text", "json"), default="text",
+                      help="output format: +/-/~/> lines, or {revision, changes} "
+                      "(default: %(default)s)")
     diff.set_defaults(client=_policy_diff, prepare=load_policy)

@@ -75,6 +75,11 @@ def _syntax_error(exc: yaml.YAMLError, source: str) -> PolicyError:
     return PolicyError("", f"{where}: invalid YAML: {detail}")
 
 
+def yaml_error(exc: yaml.YAMLError, source: str) -> PolicyError:
+    """A YAML syntax error as one line: where (line, column) and what, no trace."""
+    return _syntax_error(exc, source)
+
+
 FORMATS = ("json", "yaml")
 _EXTENSIONS = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
 

@@ -33,6 +33,21 @@ class Lab:
             capture_output=True, text=True, timeout=60, cwd=ROOT, input=stdin,
         )
 
+    def revision(self) -> int:
+        """The enforced revision, cheaply (a one-rule ListRules page carries it; the
+        history parses stored policies: seconds each at 100,000 rules)."""
+        import anyio
+
+        from fwd.api.client import Client
+        from fwd.api.gen.fwd import v1 as pb
+
+        async def ask() -> int:
+            async with Client(self.agent.socket, timeout=30) as client:
+                stub = pb.RuleServiceStub(client.channel, timeout=30)
+                return (await stub.list_rules(pb.ListRulesRequest(page_size=1))).revision
+
+        return anyio.run(ask)
+
     def revisions(self) -> list[int]:
         out = self.fwd("policy", "history", "-o", "json")
         assert out.returncode == 0, out.stderr
@@ -211,3 +226,56 @@ def test_output_applies_back_as_a_no_op(lab: Lab, tmp_path: Path) -> None:
     refused = lab.fwd("policy", "apply", "-", stdin=as_yaml.stdout)
     assert refused.returncode == 1 and "invalid JSON" in refused.stderr
     assert lab.revisions()[0] == rev
+
+
+def test_sets_show_has_json(lab: Lab, tmp_path: Path) -> None:
+    path = tmp_path / "sets.yaml"
+    path.write_text(SET_POLICY)
+    assert lab.fwd("policy", "apply", str(path)).returncode == 0
+    shown = lab.fwd("sets", "show", "web", "-o", "json")
+    assert shown.returncode == 0, shown.stderr
+    doc = json.loads(shown.stdout)
+    assert doc["set"] == "web" and doc["elements"] == [80, 443] and doc["revision"] >= 1
+
+
+def big_policy(path: Path, n: int, port: int) -> None:
+    import ipaddress
+
+    base = int(ipaddress.IPv4Address("198.18.0.0"))
+    rules = [{"id": f"r{i}", "action": "drop", "protocol": "udp",
+              "src": [str(ipaddress.IPv4Address(base + i))], "dst_ports": [port + i % 1000]}
+             for i in range(n)]
+    path.write_text(json.dumps({"rules": rules}))
+
+
+def test_big_apply_waits_by_default_and_a_short_timeout_is_outcome_unknown(
+    lab: Lab, tmp_path: Path
+) -> None:
+    import time
+
+    first, second = tmp_path / "big1.json", tmp_path / "big2.json"
+    big_policy(first, 100_000, 20000)
+    big_policy(second, 100_000, 30000)
+    rev = lab.revision()
+    applied = lab.fwd("policy", "apply", str(first))  # no --timeout: waits by the size
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout == f"applied revision {rev + 1}\n"
+    cut = lab.fwd("policy", "apply", str(second), "--timeout", "1")
+    assert cut.returncode == 4, (cut.returncode, cut.stderr)
+    assert f"revision {rev + 1} was enforced before it" in cut.stderr
+    assert f"revision {rev + 2} or later" in cut.stderr
+    # Either outcome is possible (cut off while the agent read the request, or after
+    # it took it): the revision named is what tells them apart, and nothing else.
+    deadline = time.monotonic() + 60
+    while (now := lab.revision()) != rev + 2 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert now in (rev + 1, rev + 2)
+    stats = lab.fwd("stats", "-o", "json")
+    assert stats.returncode == 0 and len(json.loads(stats.stdout)) == 100_000 + 4
+    port = 20000 if now == rev + 1 else 30000
+    assert [s["rule_id"] for s in json.loads(stats.stdout)[4:6]] == ["r0", "r1"]
+    got = lab.fwd("rules", "list", "-o", "json")
+    assert json.loads(got.stdout)[1]["dst_ports"] == [port + 1]
+    assert got.returncode == 0 and len(json.loads(got.stdout)) == 100_000
+    (tmp_path / "small.json").write_text("{}")  # leave the lab small for the next test
+    assert lab.fwd("policy", "apply", str(tmp_path / "small.json")).returncode == 0

@@ -139,3 +139,103 @@ def test_output_applies_back_with_numbers_as_numbers() -> None:
     envelope = json.dumps({"revision": 3, "policy": doc, "adoption": {"maps_reused": []}})
     assert load_policy_file("-", stdin=io.BytesIO(envelope.encode())) == policy
     assert load_policy_file("-", "yaml", stdin=io.BytesIO(dump_policy_yaml(policy).encode())) == policy
+
+
+# --- conventions (Why 6) ---
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from fwd.cli.main import main  # noqa: E402
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("fwd ")
+
+
+def test_bash_completion_is_generated_from_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["completion", "bash"]) == 0
+    text = capsys.readouterr().out
+    probe = text + """
+t() { COMP_WORDS=("$@"); COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 )); COMPREPLY=(); _fwd_complete
+      echo "${COMPREPLY[*]}"; }
+t fwd pol; t fwd policy ''; t fwd --socket /x sets show -o ''; t fwd stats --ti
+"""
+    out = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == [
+        "policy", "apply confirm diff get history rollback", "text json", "--timeout"]
+    assert main(["completion", "zsh"]) == 0
+    assert "bashcompinit" in capsys.readouterr().out
+
+
+@pytest.mark.asyncio
+async def test_bad_rule_text_is_one_line_without_usage_or_trace(tmp_path: Path) -> None:
+    sock = sock_path(tmp_path)  # no agent: the rule is refused before connecting
+    code, out, err = await fwd_cli("rules", "add", "{id: x, action: [drop", "--socket", sock)
+    assert (code, out) == (1, "")
+    assert len(err.splitlines()) == 1 and err.startswith("fwd: rule: line 1, column ")
+    assert "invalid YAML" in err and "usage:" not in err and "yaml." not in err
+    code, _, err = await fwd_cli("rules", "add", "{id: x, action: dro}", "--socket", sock)
+    assert code == 1 and err == "fwd: rule.action: unknown action 'dro' (allow | drop)\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["policy", "rollback", "abc"], "a revision is a number (see 'fwd policy history'), not 'abc'"),
+        (["events", "--count", "-1"], "--count: must be 1.."),
+        (["events", "--count", "0"], "--count: must be 1.."),
+        (["events", "--duration", "0"], "--duration: must be positive"),
+        (["events", "--duration", "soon"], "--duration: not a number: 'soon'"),
+    ],
+)
+def test_bad_values_are_usage_errors_that_say_what(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    assert says in capsys.readouterr().err
+
+
+@pytest.mark.asyncio
+async def test_events_refuse_an_unknown_rule_like_an_unknown_interface(tmp_path: Path) -> None:
+    sock = sock_path(tmp_path)
+    async with serve_api(sock):
+        assert (await fwd_cli("policy", "apply", write_policy(tmp_path), "--socket", sock))[0] == 0
+        for flag, value, says in (("--rule", "nosuch", "rule_ids: no rule 'nosuch'"),
+                                  ("--iface", "nosuch", "interfaces: no interface 'nosuch'")):
+            code, _, err = await fwd_cli("events", flag, value, "--socket", sock)
+            assert code == 1 and err.startswith("fwd: INVALID_ARGUMENT: ") and says in err, err
+
+
+def test_event_text_has_one_case_and_brackets_ipv6() -> None:
+    from fwd.api.gen.fwd import v1 as pb
+    from fwd.cli.status import _event_line
+
+    v6 = pb.Event(dropped=True, rule_id="r", src="2001:2::1", src_port=5353, dst="2001:2::2",
+                  dst_port=53, protocol=17, interface="eth0", length=80)
+    assert " drop r proto 17 [2001:2::1]:5353 > [2001:2::2]:53 len 80" in _event_line(v6, "text")
+    would = pb.Event(would_drop=True, action=pb.Action.DROP, rule_id="r", src="198.18.0.1",
+                     src_port=1, dst="198.18.0.2", dst_port=2, protocol=6, interface="eth0")
+    assert " would-drop r proto 6 198.18.0.1:1 > 198.18.0.2:2 " in _event_line(would, "text")
+    allowed = pb.Event(action=pb.Action.ALLOW, rule_id="ok", src="198.18.0.1", dst="198.18.0.2")
+    assert " allow ok " in _event_line(allowed, "text")
+
+
+@pytest.mark.asyncio
+async def test_policy_diff_has_json(tmp_path: Path) -> None:
+    import json
+
+    sock = sock_path(tmp_path)
+    async with serve_api(sock):
+        assert (await fwd_cli("policy", "apply", write_policy(tmp_path), "--socket", sock))[0] == 0
+        changed = tmp_path / "changed.yaml"
+        changed.write_text("default_action: allow\nrules:\n"
+                           "  - {id: drop-bad-net, action: drop, src: [198.19.7.0/24]}\n")
+        code, out, _ = await fwd_cli("policy", "diff", str(changed), "-o", "json", "--socket", sock)
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["revision"] == 1
+    assert {"change": "changed", "field": "default_action", "from": "drop", "to": "allow"} in doc["changes"]
+    assert {"change": "moved", "rule": "drop-bad-net", "from": 1, "to": 0} in doc["changes"]
+    assert any(c["change"] == "removed" and c["rule"] == "mgmt-ssh" for c in doc["changes"])
