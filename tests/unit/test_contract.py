@@ -134,7 +134,7 @@ def test_output_applies_back_with_numbers_as_numbers() -> None:
     doc = policy_to_dict(policy)
     assert doc["rules"][0]["dst_ports"] == [22, "9998-9999"]
     assert doc["sets"]["web"]["elements"] == [443, "8000-8080"]
-    assert "dst_ports: [22, 9998-9999]" in dump_policy_yaml(policy)
+    assert "dst_ports: [22, \"9998-9999\"]" in dump_policy_yaml(policy)
     # What 'fwd policy get -o json' prints (revision, policy, adoption) applies as is.
     envelope = json.dumps({"revision": 3, "policy": doc, "adoption": {"maps_reused": []}})
     assert load_policy_file("-", stdin=io.BytesIO(envelope.encode())) == policy
