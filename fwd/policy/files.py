@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from typing import Any, BinaryIO
 
@@ -229,13 +230,28 @@ def load_policy_file(
     return load_policy_text(text, source=name, fmt=fmt, allow_empty=allow_empty)
 
 
-_json_value = json.JSONEncoder(ensure_ascii=False).encode
+_json_text = json.JSONEncoder(ensure_ascii=False).encode
+# Text YAML reads back as the same text when written bare: a word starting with a
+# letter (not one of YAML 1.1's booleans and nulls), a CIDR or address with a "/",
+# a port range. Anything else is written as a JSON string (JSON is YAML).
+_BARE = re.compile(r"[A-Za-z][A-Za-z0-9_.*-]*|[0-9A-Fa-f][0-9A-Fa-f.:]*/[0-9]+|[0-9]+-[0-9]+")
+_YAML11_WORDS = frozenset(
+    "y n yes no on off true false null".split()
+)
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, str) and _BARE.fullmatch(value) and value.lower() not in _YAML11_WORDS:
+        return value
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_scalar, value)) + "]"
+    return _json_text(value)
 
 
 def _flow(mapping: dict[str, Any]) -> str:
-    """A flow mapping on one line: bare keys (fixed identifiers), JSON values (JSON
-    scalars and lists are YAML): ``{id: "ssh", action: "allow", dst_ports: [22]}``."""
-    return "{" + ", ".join(f"{k}: {_json_value(v)}" for k, v in mapping.items()) + "}"
+    """A flow mapping on one line, as people write rules:
+    ``{id: ssh, action: allow, protocol: tcp, dst_ports: [22, 8000-8080]}``."""
+    return "{" + ", ".join(f"{k}: {_scalar(v)}" for k, v in mapping.items()) + "}"
 
 
 def dump_policy_yaml(policy: Policy) -> str:
@@ -252,8 +268,7 @@ def dump_policy_yaml(policy: Policy) -> str:
         out.append("log_default: true\n")
     if doc.get("sets"):
         out.append("sets:\n")
-        # Names quoted: a set may be called "yes" or "null", which YAML would not keep as text.
-        out += [f"  {_json_value(name)}: {_flow(body)}\n" for name, body in doc["sets"].items()]
+        out += [f"  {_scalar(name)}: {_flow(body)}\n" for name, body in doc["sets"].items()]
     rules = doc["rules"]
     out.append("rules:\n" if rules else "rules: []\n")
     out += [f"  - {_flow(r)}\n" for r in rules]

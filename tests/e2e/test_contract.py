@@ -219,7 +219,7 @@ def test_output_applies_back_as_a_no_op(lab: Lab, tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert again.stdout == f"unchanged: revision {rev} already enforces this policy\n"
     as_yaml = lab.fwd("policy", "get")
-    assert "dst_ports: [9999, \"7000-7001\"]" in as_yaml.stdout, as_yaml.stdout
+    assert "dst_ports: [9999, 7000-7001]" in as_yaml.stdout, as_yaml.stdout
     again = lab.fwd("policy", "apply", "--format", "yaml", "-", stdin=as_yaml.stdout)
     assert again.returncode == 0 and "unchanged" in again.stdout, again
     # YAML on stdin without --format is not guessed.

@@ -134,7 +134,7 @@ def test_output_applies_back_with_numbers_as_numbers() -> None:
     doc = policy_to_dict(policy)
     assert doc["rules"][0]["dst_ports"] == [22, "9998-9999"]
     assert doc["sets"]["web"]["elements"] == [443, "8000-8080"]
-    assert "dst_ports: [22, \"9998-9999\"]" in dump_policy_yaml(policy)
+    assert "dst_ports: [22, 9998-9999]" in dump_policy_yaml(policy)
     # What 'fwd policy get -o json' prints (revision, policy, adoption) applies as is.
     envelope = json.dumps({"revision": 3, "policy": doc, "adoption": {"maps_reused": []}})
     assert load_policy_file("-", stdin=io.BytesIO(envelope.encode())) == policy
@@ -239,3 +239,30 @@ async def test_policy_diff_has_json(tmp_path: Path) -> None:
     assert {"change": "changed", "field": "default_action", "from": "drop", "to": "allow"} in doc["changes"]
     assert {"change": "moved", "rule": "drop-bad-net", "from": 1, "to": 0} in doc["changes"]
     assert any(c["change"] == "removed" and c["rule"] == "mgmt-ssh" for c in doc["changes"])
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+
+from tests import strategies as S  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(S.policy_dict(max_rules=8))
+def test_yaml_output_reads_back_equal(raw: dict[str, object]) -> None:
+    from fwd.policy.files import load_policy_text
+
+    try:
+        policy = policy_from_dict(raw)
+    except PolicyError:
+        return
+    assert load_policy_text(dump_policy_yaml(policy), fmt="yaml") == policy
+
+
+@pytest.mark.parametrize("text", ["::/0", "::1/128", "::ffff:198.18.0.0/112", "y", "No", "NULL",
+                                  "1:2", "0x1F", "1e3", "2002-12-14", "~", "-1", "on"])
+def test_yaml_output_quotes_what_yaml_would_read_otherwise(text: str) -> None:
+    import yaml
+
+    from fwd.policy.files import _scalar
+
+    assert yaml.safe_load(f"[{_scalar(text)}]") == [text]
