@@ -67,7 +67,8 @@ def run_client(command: Command, args: argparse.Namespace, out: TextIO, err: Tex
     except GRPCError as exc:
         if write is not None and args.sent and exc.status is Status.UNAVAILABLE:
             # Draining or cut off mid-call: the change may have been made.
-            err.write(f"fwd: {unknown_message(args, exc.message or 'the agent went away')}\n")
+            why = f"the agent answered UNAVAILABLE: {exc.message or 'it went away'}"
+            err.write(f"fwd: {unknown_message(args, why)}\n")
             return exits.UNKNOWN
         err.write(f"fwd: {exc.status.name}: {exc.message or ''}\n")
         return exits.UNREACHABLE if exc.status is Status.UNAVAILABLE else exits.FAILED
