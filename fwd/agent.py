@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import functools
 import gc
-import math
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 from prometheus_client import CollectorRegistry
 
 from fwd.policy import failsafe
@@ -46,6 +45,7 @@ from fwd.kernel.objpath import default_object_path
 from fwd.kernel.ringbuf import RingBuffer, configure_events, kernel_event_stats
 from fwd.kernel.rcu import RcuBarrier
 from fwd.kernel.dataplane import Dataplane
+from fwd.core.counters import SlotCounters
 from fwd.kernel.bpffs import MOUNT_POINT, ensure, private_mount_namespace
 from fwd.errors import FwdError
 from fwd.actors.looplag import LoopLagMonitor
@@ -56,7 +56,10 @@ from fwd.messages import (
     EventsCommand,
     LinkEvent,
     ListInterfaces,
+    ReadCounters,
+    Reply,
     SlotNames,
+    request,
 )
 from fwd.settings import Settings
 from fwd.metrics.collector import Snapshot
@@ -85,20 +88,6 @@ async def _actor(
 ) -> None:
     await run(*args, task_status=task_status)
     raise ActorExited(f"actor {name} stopped unexpectedly")
-
-
-async def _tee(
-    source: MemoryObjectReceiveStream[LinkEvent], *sinks: MemoryObjectSendStream[LinkEvent]
-) -> None:
-    """Copy every link event to each sink, in order; closing the source closes the sinks."""
-    async with source:
-        try:
-            async for event in source:
-                for sink in sinks:
-                    await sink.send(event)
-        finally:
-            for sink in sinks:
-                sink.close()
 
 
 async def _signals(scope: anyio.CancelScope) -> None:
@@ -159,7 +148,13 @@ async def serve(
         cluster: ClusterMode | None = None
         try:
             dataplane = Dataplane(maps, ncpus, barrier)
-            names_tx, names_rx = anyio.create_memory_object_stream[SlotNames](math.inf)
+            # Every channel is bounded; who waits when one is full is said beside it.
+            # Datapath -> Events: the slot -> rule id table after each change. The
+            # Datapath waits; Events only swaps a table per message.
+            names_tx, names_rx = anyio.create_memory_object_stream[SlotNames](16)
+            # The Datapath's one inbox: Api, Confirmer, ClusterSync, Links (LinkChanged)
+            # and the metrics collector (ReadCounters). Senders wait.
+            dp_cmd_tx, dp_cmd_rx = anyio.create_memory_object_stream[DatapathCommand](64)
             datapath = Datapath(
                 dataplane,
                 store,
@@ -174,19 +169,23 @@ async def serve(
                 exclude=settings.exclude,
                 pin_dir=bpffs,
                 detach_on_exit=settings.detach_on_exit,
+                datapath=dp_cmd_tx.clone(),  # LinkChanged before each attach
+                reply_timeout=settings.reply_timeout,
             )
             discovery = Discovery()
-            dp_cmd_tx, dp_cmd_rx = anyio.create_memory_object_stream[DatapathCommand](64)
+            # Api/ClusterSync -> Links: the asker waits, within its reply deadline.
             ifreq_tx, ifreq_rx = anyio.create_memory_object_stream[ListInterfaces](64)
-            # Link events are never dropped: Discovery waits when Links is busy,
-            # and overflow is handled where it belongs, at the netlink socket.
-            ev_tx, ev_rx = anyio.create_memory_object_stream[LinkEvent](math.inf)
-            lk_tx, lk_rx = anyio.create_memory_object_stream[LinkEvent](math.inf)
-            dl_tx, dl_rx = anyio.create_memory_object_stream[LinkEvent](math.inf)
+            # Discovery -> Links. Link events are never dropped: Discovery waits when
+            # Links is busy, and overflow is handled where it belongs, at the netlink
+            # socket (32 MiB; ENOBUFS ends in a full resync).
+            ev_tx, ev_rx = anyio.create_memory_object_stream[LinkEvent](256)
+            # Api -> Confirmer: the Api waits (Superseded is sent without waiting and may
+            # be dropped when full: the next apply supersedes again).
             confirm_tx, confirm_rx = anyio.create_memory_object_stream[ConfirmCommand](64)
             confirmer = Confirmer(settings.state_dir)
             # Events: ev_cmd_tx is for the Api (Subscribe), names_tx for the Datapath (SlotNames).
             events = Events(ring, lambda: kernel_event_stats(maps["fwd_event_stats"]))
+            # Api -> Events (Subscribe): the Api waits, within its reply deadline.
             ev_cmd_tx, ev_cmd_rx = anyio.create_memory_object_stream[EventsCommand](64)
             # A registry of our own: the process-wide default one would add
             # Python's GC and process metrics under names we do not own.
@@ -210,11 +209,17 @@ async def serve(
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_signals, tg.cancel_scope)
                 await tg.start(loop_lag.run)
-                await tg.start(_actor, "datapath", datapath.run, dp_cmd_rx, dl_rx)
-                await tg.start(_actor, "links", links.run, lk_rx, ifreq_rx)
+                await tg.start(_actor, "datapath", datapath.run, dp_cmd_rx)
+                await tg.start(_actor, "links", links.run, ev_rx, ifreq_rx)
                 await tg.start(_actor, "events", events.run, ev_cmd_rx, names_rx)
-                tg.start_soon(_tee, ev_rx, lk_tx, dl_tx)
                 await tg.start(_actor, "discovery", discovery.run, ev_tx)
+                # Ready means enforcing: every interface present now has XDP (or
+                # failed). A driver that hangs delays readiness, not the agent.
+                patience = max(settings.reply_timeout, 30.0)
+                with anyio.move_on_after(patience) as waiting:
+                    await links.wait_synced()
+                if waiting.cancelled_caught:
+                    log.warning("links_not_synced", waited_seconds=patience)
                 # After the Datapath: a rollback due while the agent was down goes out at once.
                 await tg.start(_actor, "confirmer", confirmer.run, confirm_rx, dp_cmd_tx.clone())
                 if cluster is not None:  # after Datapath and Links: it feeds and asks them
@@ -234,7 +239,9 @@ async def serve(
                             events.statistics(),
                             loop_lag.statistics(),
                         ),
-                        counters=dataplane,
+                        counters=functools.partial(
+                            read_counters, dp_cmd_tx.clone(), settings.reply_timeout
+                        ),
                         if_stats=if_stats,
                     )
                     await tg.start(_actor, "metrics", metrics.run)
@@ -260,6 +267,17 @@ async def serve(
             store.close()
             barrier.close()
             ring.close()
+
+
+async def read_counters(
+    datapath: MemoryObjectSendStream[DatapathCommand], timeout: float, slots: Sequence[int]
+) -> Mapping[int, SlotCounters]:
+    """The metrics collector's counter read: asked of the Datapath, which owns the maps."""
+
+    def make(reply: MemoryObjectSendStream[Reply[Mapping[int, SlotCounters]]]) -> ReadCounters:
+        return ReadCounters(tuple(slots), reply)
+
+    return await request(datapath, make, timeout=timeout)
 
 
 def _prepare_bpffs(pin_dir: Path) -> None:

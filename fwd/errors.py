@@ -55,5 +55,9 @@ class NotFound(FwdError):
     """A named object does not exist (NOT_FOUND at the API)."""
 
 
+class AccessDenied(FwdError):
+    """The identity a request runs as may not do it (PERMISSION_DENIED at the API)."""
+
+
 class ClusterUnavailable(FwdError):
     """etcd could not be reached or did not answer in time (UNAVAILABLE at the API)."""

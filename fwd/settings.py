@@ -50,6 +50,16 @@ class Settings:
     node_labels: tuple[tuple[str, str], ...] = ()  # written once, if the node has none
     etcd_prefix: str = "/fwd/"
     lease_ttl: int = 10  # seconds: the status record vanishes this long after a crash
+    # TLS to etcd (issue 15): the CA, and this node's certificate (CN = node name),
+    # re-read when the files change; http:// URLs only with etcd_insecure. The admin
+    # identity, when given, serves the API's cluster writes and status reads.
+    etcd_ca: str = ""
+    etcd_cert: str = ""
+    etcd_key: str = ""
+    etcd_insecure: bool = False
+    etcd_admin_cert: str = ""
+    etcd_admin_key: str = ""
+    etcd_cert_check: float = 5.0  # seconds between looks at the certificate files
 
     @property
     def cluster(self) -> bool:

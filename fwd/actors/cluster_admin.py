@@ -4,76 +4,22 @@ The Api sends it ``ClusterAdminCommand``s (fwd/messages/) and awaits the reply,
 as it does with the Datapath; this actor alone holds the etcd connection the
 API uses (the ClusterSync actor has its own, so a slow admin call never holds
 up a watch). Each command runs in its own task: etcd serves them concurrently
-and a ``fwd cluster wait`` poll must not queue behind a policy write.
-
-Writes use etcd transactions so nothing is overwritten unseen:
-- a policy write compares the key's mod revision when the caller gives one
-  (0 = the key must not exist) and reports the revision of the write;
-- a label change reads the labels key and writes it back only if its mod
-  revision did not move in between, retrying a few times on a race.
+and a ``fwd cluster wait`` poll must not queue behind a policy write. What each
+command does is ``fwd.cluster.commands.ClusterCommands``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import anyio
-import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from fwd.cluster import overview
-from fwd.cluster.etcd import EtcdClient, EtcdError, EtcdUnavailable, KeyValue
-from fwd.cluster.layout import (
-    Layout,
-    decode_policy_record,
-    encode_labels,
-    encode_policy_record,
-)
-from fwd.cluster.merge import check_mergeable
-from fwd.errors import (
-    ClusterUnavailable,
-    FwdError,
-    NotFound,
-    PolicyError,
-    PreconditionFailed,
-)
-from fwd.messages import (
-    ClusterAdminCommand,
-    ClusterPolicyInfo,
-    DeleteClusterPolicy,
-    Labels,
-    ListClusterPolicies,
-    PutClusterPolicy,
-    ReadClusterStatus,
-    Reply,
-    SetNodeLabels,
-)
-
-log = structlog.get_logger("fwd.actors.cluster_admin")
-
-LABEL_RETRIES = 5
+from fwd.cluster.commands import ClusterCommands
+from fwd.messages import ClusterAdminCommand
 
 
-def _stale(name: str, expected: int, current: KeyValue | None) -> PreconditionFailed:
-    """The compare-and-swap failed: say what the key holds now."""
-    if current is None:
-        now = "does not exist"
-    elif expected == 0:
-        now = f"already exists (mod revision {current.mod_revision})"
-    else:
-        now = f"has mod revision {current.mod_revision}"
-    return PreconditionFailed(
-        f"expect_revision: expected policy {name!r} at mod revision {expected}, but it {now}"
-    )
-
-
-class ClusterAdmin:
+class ClusterAdmin(ClusterCommands):
     """Serves the Api's cluster commands against etcd, keys placed by ``layout``."""
-
-    def __init__(self, client: EtcdClient, layout: Layout) -> None:
-        self._etcd = client
-        self._layout = layout
 
     async def run(
         self,
@@ -85,134 +31,4 @@ class ClusterAdmin:
         async with anyio.create_task_group() as tg, commands:
             task_status.started()
             async for command in commands:
-                tg.start_soon(self._serve, command)
-
-    async def _serve(self, command: ClusterAdminCommand) -> None:
-        reply: Reply[Any]
-        try:
-            reply = Reply(await self.handle(command))
-        except EtcdUnavailable as e:
-            # The Api maps ClusterUnavailable to UNAVAILABLE; the next call tries the
-            # next endpoint.
-            generation = self._etcd.generation
-            reply = Reply(error=ClusterUnavailable(str(e)))
-            await self._etcd.failover(generation)
-        except EtcdError as e:
-            reply = Reply(error=PreconditionFailed(str(e)))
-        except FwdError as e:
-            reply = Reply(error=e)
-        try:
-            command.reply.send_nowait(reply)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.WouldBlock):
-            log.warning("reply_dropped", command=type(command).__name__)
-        finally:
-            command.reply.close()
-
-    async def handle(self, command: ClusterAdminCommand) -> Any:
-        """The answer to one command (raises FwdError subclasses)."""
-        if isinstance(command, PutClusterPolicy):
-            return await self.put_policy(command.info, command.expect_revision)
-        if isinstance(command, DeleteClusterPolicy):
-            return await self.delete_policy(command.name, command.expect_revision)
-        if isinstance(command, ListClusterPolicies):
-            return await self.list_policies()
-        if isinstance(command, ReadClusterStatus):
-            return await self.read_status()
-        if isinstance(command, SetNodeLabels):
-            return await self.set_labels(command.node, command.set, command.remove)
-        raise TypeError(f"unknown command {command!r}")  # pragma: no cover
-
-    async def put_policy(self, info: ClusterPolicyInfo, expect: int | None) -> int:
-        key = self._layout.policy_key(info.name)
-        value = encode_policy_record(info.selector, info.priority, info.policy)
-        # Refuse here what every agent would refuse at merge time (ids or set names
-        # too long once prefixed with the policy name): the writer hears why at once,
-        # instead of each node keeping its old policy and reporting last_error.
-        check_mergeable(decode_policy_record(info.name, value))
-        result = await self._etcd.put_if(key, value, mod_revision=expect)
-        if not result.succeeded:
-            raise _stale(info.name, expect or 0, result.current)
-        revision = result.revision
-        log.info("cluster_policy_written", policy=info.name, revision=revision,
-                 selector=info.selector, priority=info.priority)  # fmt: skip
-        return revision
-
-    async def delete_policy(self, name: str, expect: int | None) -> int:
-        key = self._layout.policy_key(name)
-        if expect is None:  # delete what is there, but say NOT_FOUND if nothing is
-            kv, _ = await self._etcd.get(key)
-            if kv is None:
-                raise NotFound(f"name: no policy named {name!r}")
-            expect = kv.mod_revision
-        result = await self._etcd.delete_if(key, mod_revision=expect)
-        if not result.succeeded:
-            if result.current is None:
-                raise NotFound(f"name: no policy named {name!r}")
-            raise _stale(name, expect, result.current)
-        revision = result.revision
-        log.info("cluster_policy_deleted", policy=name, revision=revision)
-        return revision
-
-    async def list_policies(self) -> tuple[int, tuple[ClusterPolicyInfo, ...]]:
-        directory = self._layout.policies
-        listed = await self._etcd.get_prefix(directory)
-        infos = []
-        for kv in listed.kvs:
-            name = self._layout.name_in(directory, kv.key)
-            if name is None:
-                continue
-            try:
-                r = decode_policy_record(name, kv.value, kv.mod_revision)
-            except PolicyError as e:
-                log.warning("cluster_policy_unreadable", policy=name, error=str(e))
-                continue
-            infos.append(
-                ClusterPolicyInfo(name, r.selector_text, r.priority, kv.mod_revision, r.policy)
-            )
-        infos.sort(key=lambda i: (i.priority, i.name))
-        return listed.revision, tuple(infos)
-
-    async def read_status(self) -> Any:
-        lay = self._layout
-        # Status first: a node's labels are then at least as new as its status.
-        statuses = await self._etcd.get_prefix(lay.status)
-        labels = await self._etcd.get_prefix(lay.labels)
-        # Lag is measured against what agents watch (labels/ and policies/), not the
-        # store's revision, which every status write (a node's own heartbeat of news)
-        # moves on: a converged, quiet cluster reads lag 0 on every node.
-        watched = await self._etcd.newest_mod_revision(*lay.watch_range())
-        return overview.cluster_view(
-            statuses.revision,
-            self._named(lay.labels, labels.kvs),
-            self._named(lay.status, statuses.kvs),
-            policy_revision=watched,
-        )
-
-    def _named(self, directory: str, kvs: tuple[KeyValue, ...]) -> dict[str, bytes]:
-        out = {}
-        for kv in kvs:
-            name = self._layout.name_in(directory, kv.key)
-            if name is not None:
-                out[name] = kv.value
-        return out
-
-    async def set_labels(
-        self, node: str, add: Labels, remove: tuple[str, ...]
-    ) -> tuple[int, Labels]:
-        key = self._layout.labels_key(node)
-        for _ in range(LABEL_RETRIES):
-            kv, _ = await self._etcd.get(key)
-            current = overview.read_labels(node, kv.value) if kv is not None else {}
-            wanted = {k: v for k, v in current.items() if k not in remove}
-            wanted.update(add)
-            if kv is not None and wanted == current:
-                return 0, overview.labels_of(current)
-            mod = kv.mod_revision if kv is not None else 0
-            result = await self._etcd.put_if(key, encode_labels(wanted), mod_revision=mod)
-            if result.succeeded:
-                log.info("cluster_labels_written", node=node, labels=wanted,
-                         revision=result.revision)  # fmt: skip
-                return result.revision, overview.labels_of(wanted)
-        raise PreconditionFailed(
-            f"node: the labels of {node!r} changed {LABEL_RETRIES} times while writing; try again"
-        )
+                tg.start_soon(self.serve, command)

@@ -3,11 +3,19 @@
 One session (repeated after any etcd failure, with capped exponential backoff
 and jitter, 0.1 s -> 5 s):
 
-1. Once per actor: seed ``labels/<node>`` with ``--label`` if the key is absent.
-2. Range get of ``[labels/, policies0)`` at header revision R0: the node's view.
+1. Once per actor: seed ``labels/<node>`` with ``--label`` if the key is absent
+   (where the node's etcd role allows it: with least privilege it does not, and
+   an admin sets labels; docs/cluster.md).
+2. Read ``policies/`` and ``labels/<node>`` at one revision R0 (a read-only txn):
+   the node's view. Only those: they are what its etcd role lets it read.
 3. Make sure the lease is alive (reuse it, else grant one); keep it alive.
-4. Reconcile (below), then watch the same range from R0 + 1 (nothing between
-   the get and the watch is lost or seen twice) and reconcile after each batch.
+4. Reconcile (below), then watch the same two ranges from R0 + 1, on one
+   stream (nothing between the read and the watch is lost or seen twice) and
+   reconcile after each batch.
+
+When the TLS files of the node's identity change (a renewed certificate), the
+session ends and the next one connects with the new certificate at once (no
+backoff): a rotation is one reload, not a restart.
 
 Reconcile: select and merge the policies for the node's labels; if the merged
 policy's hash differs from the enforced one, send ``ApplyPolicy`` to the
@@ -22,18 +30,16 @@ last policy. A compacted watch revision or a reconnect means a full reload.
 
 from __future__ import annotations
 
-import importlib.metadata
-import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import anyio
 import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from fwd.cluster.etcd import EtcdClient, EtcdError, LeaseExpired
+from fwd.cluster.etcd import CredentialsChanged, EtcdClient, EtcdError, LeaseExpired, PermissionDenied
 from fwd.cluster.layout import (
     InterfaceMode,
     Layout,
@@ -42,6 +48,7 @@ from fwd.cluster.layout import (
     encode_status,
 )
 from fwd.cluster.merge import merge, policy_hash
+from fwd.cluster.syncconfig import Backoff, SyncConfig, SyncStatistics, fwd_version
 from fwd.messages import ClusterCommand, GetSyncState, SyncState
 from fwd.cluster.view import NodeView
 from fwd.errors import FwdError
@@ -59,63 +66,7 @@ from fwd.policy.model import Policy
 
 log = structlog.get_logger("fwd.cluster")
 
-
-def fwd_version() -> str:
-    import fwd
-
-    version = getattr(fwd, "__version__", None)
-    if isinstance(version, str):
-        return version
-    try:
-        return importlib.metadata.version("fwd")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
-@dataclass(frozen=True)
-class SyncConfig:
-    """Settings of one ClusterSync (from ``fwd agent --etcd ... --node ... --label ...``)."""
-
-    node: str
-    labels: Mapping[str, str] = field(default_factory=dict)  # seeds labels/<node> if absent
-    layout: Layout = field(default_factory=Layout)
-    lease_ttl: int = 10
-    backoff_min: float = 0.1
-    backoff_max: float = 5.0
-    reply_timeout: float = 10.0
-    interfaces_poll: float = 5.0  # how often to look for attach-mode changes (with links)
-    # A status whose only news is a higher synced_revision (e.g. another node was
-    # relabelled) is written at most this often; a new policy, error or label at once.
-    # Without it a burst of N label writes makes N agents write N statuses each.
-    status_interval: float = 1.0
-    version: str = field(default_factory=fwd_version)
-
-
-@dataclass
-class SyncStatistics:
-    sessions: int = 0  # successful loads (1 + reconnects that reached etcd)
-    failures: int = 0  # sessions that ended in an etcd error
-    batches: int = 0
-    applies: int = 0
-    apply_errors: int = 0
-    status_puts: int = 0
-    leases: int = 0  # leases granted
-    synced_revision: int = 0
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter between ``low`` and the cap."""
-
-    def __init__(self, low: float, high: float) -> None:
-        self.low, self.high, self._next = low, high, low
-
-    def reset(self) -> None:
-        self._next = self.low
-
-    def next(self) -> float:
-        delay = random.uniform(self.low, self._next)
-        self._next = min(self._next * 2, self.high)
-        return delay
+__all__ = ["Backoff", "ClusterSync", "SyncConfig", "SyncStatistics", "fwd_version"]
 
 
 class ClusterSync:
@@ -179,6 +130,14 @@ class ClusterSync:
                         generation = self._etcd.generation
                         try:
                             await self._session(ready)
+                        except CredentialsChanged:
+                            self._stats.credential_reloads += 1
+                            identity = self._etcd.credentials.identity if self._etcd.credentials else None
+                            log.info("etcd_credentials_reloaded", node=self.config.node,
+                                     cn=identity.common_name if identity else "",
+                                     not_after=identity.not_after if identity else "",
+                                     fingerprint=identity.fingerprint if identity else "")  # fmt: skip
+                            await self._etcd.failover(generation)
                         except EtcdError as e:
                             self._stats.failures += 1
                             self._state = replace(self._state, connected=False, etcd_error=str(e))
@@ -224,12 +183,17 @@ class ClusterSync:
                 failure.append(e)
                 tg.cancel_scope.cancel()
 
+        async def credentials() -> None:
+            await self._etcd.wait_credentials_changed()
+            raise CredentialsChanged("etcd credentials changed: reconnecting with the new certificate")
+
         async def main() -> None:
             await self._seed_labels()
-            start, end = self._layout.watch_range()
-            snapshot = await self._etcd.get_range(start, end)
+            ranges = self._layout.node_ranges(self.config.node)
+            snapshot = await self._etcd.get_ranges(ranges)
             self._view.load(snapshot.kvs)
             await self._ensure_lease()
+            tg.start_soon(guarded, credentials)
             tg.start_soon(guarded, self._keep_alive)
             tg.start_soon(guarded, self._publish_status)
             if self._links is not None:
@@ -239,7 +203,7 @@ class ClusterSync:
             await self._reconcile(snapshot.revision)
             self._backoff.reset()
             ready()
-            async with self._etcd.watch(start, end, snapshot.revision + 1) as batches:
+            async with self._etcd.watch_ranges(ranges, snapshot.revision + 1) as batches:
                 async for batch in batches:
                     self._stats.batches += 1
                     if self._view.apply(batch.events):
@@ -254,11 +218,25 @@ class ClusterSync:
             raise failure[0]
 
     async def _seed_labels(self) -> None:
+        """Write ``--label`` to ``labels/<node>`` if the key is absent. Read first: a
+        node's role may read its labels but not write them (least privilege), and the
+        common case, labels already set, then needs no write permission at all."""
         if self._seeded:
             return
-        key = self._layout.labels_key(self.config.node)
-        result = await self._etcd.put_if(key, encode_labels(self.config.labels), mod_revision=0)
-        log.info("labels_seeded" if result.succeeded else "labels_kept", node=self.config.node)
+        node = self.config.node
+        key = self._layout.labels_key(node)
+        kv, _ = await self._etcd.get(key)
+        if kv is not None:
+            log.info("labels_kept", node=node)
+        else:
+            try:
+                result = await self._etcd.put_if(key, encode_labels(self.config.labels), mod_revision=0)
+            except PermissionDenied:
+                log.warning("labels_not_seeded", node=node, labels=dict(self.config.labels),
+                            reason="this node's etcd user may not write labels/ (least privilege): "
+                            "an admin sets them with fwd cluster label")  # fmt: skip
+            else:
+                log.info("labels_seeded" if result.succeeded else "labels_kept", node=node)
         self._seeded = True
 
     # --- lease and status ---------------------------------------------------------

@@ -102,6 +102,7 @@ class Events:
         # losses once they have room again, forget closed streams.
         self._idle_interval = idle_interval
         self._decoder = Decoder({})
+        self._interfaces: dict[int, str] = {}  # ifindex -> name, from the Datapath
         self._subs: dict[int, _Subscriber] = {}
         self._ids = itertools.count(1)
         self._read = self._decode_errors = 0
@@ -143,7 +144,9 @@ class Events:
 
     async def _follow_names(self, slot_names: MemoryObjectReceiveStream[SlotNames]) -> None:
         async for msg in slot_names:
-            self._decoder = Decoder(dict(msg.names))
+            if msg.names is not None:
+                self._decoder = Decoder(dict(msg.names))
+            self._interfaces = dict(msg.interfaces)  # replaced whole: batches share it
             del msg  # 100,000 (slot, id) pairs: not kept alive while waiting for the next
 
     def _subscribe(self, cmd: Subscribe) -> None:
@@ -205,7 +208,7 @@ class Events:
     def _offer(self, sub: _Subscriber, batch: tuple[DropEvent, ...]) -> None:
         """send_nowait one batch; a full stream loses it, a closed one ends the subscription."""
         try:
-            sub.send.send_nowait(EventBatch(batch, sub.unreported))
+            sub.send.send_nowait(EventBatch(batch, sub.unreported, self._interfaces))
         except anyio.WouldBlock:
             sub.lost += len(batch)
             sub.unreported += len(batch)

@@ -15,85 +15,46 @@ collection. Measured (worst loop lag during scrapes, GC on -> paused):
 scrape: 756 ms -> 86 ms. Scrapes are serialised (one at a time) so the pause
 is bounded and two scrapers cannot double the cost.
 
-What the scrape thread touches is chosen so that it is safe: BPF maps
-(syscalls on fds the agent keeps open until this actor has stopped) and actor
-statistics, which it never reads itself: :class:`MetricsServer` asks the event
-loop for them through a blocking portal, so actor state is only ever read on
-the loop, between two of its awaits.
+What the scrape thread touches is chosen so that it is safe: the per-interface
+counter map (syscalls on an fd the agent keeps open until this actor has
+stopped); the actors' statistics and the rule counters it never reads itself:
+:class:`MetricsServer` runs those reads on the event loop through a blocking
+portal (actor snapshots, and the counters asked of the Datapath, which owns
+the maps). The HTTP plumbing is fwd.metrics.http.
 """
 
 from __future__ import annotations
 
-import gc
-import socket
 import threading
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import anyio
 import structlog
 from anyio.abc import TaskStatus
 from anyio.from_thread import BlockingPortal
 from prometheus_client import CollectorRegistry, make_wsgi_app
-from prometheus_client.exposition import ThreadingWSGIServer
 
+from fwd.core.counters import SlotCounters
 from fwd.errors import FwdError
 from fwd.metrics.addr import parse_addr
-from fwd.metrics.collector import AgentCollector, CounterReader, Snapshot
+from fwd.metrics.collector import AgentCollector, Snapshot
+from fwd.metrics.http import bind_wsgi, serialised_without_gc
 from fwd.metrics.kernel import IfCounters
 
 log = structlog.get_logger("fwd.metrics")
-
-WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class MetricsAddressError(FwdError):
     """The metrics address cannot be listened on (in use, not local, unresolvable)."""
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """No access log line per scrape on stderr (it would not be JSON either)."""
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-        pass
-
-
-def serialised_without_gc(app: WsgiApp) -> WsgiApp:
-    """``app`` run one request at a time, with the cyclic GC paused during each."""
-    lock = threading.Lock()
-
-    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        with lock:
-            enabled = gc.isenabled()
-            gc.disable()
-            try:
-                # make_wsgi_app renders the whole body inside the call.
-                return list(app(environ, start_response))
-            finally:
-                if enabled:
-                    gc.enable()
-
-    return wrapped
-
-
-def bind_wsgi(host: str, port: int) -> ThreadingWSGIServer:
-    """A WSGI server bound to ``host:port`` (IPv4 or IPv6); give it an app, then serve."""
-    family, _, _, _, sockaddr = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-
-    class Server(ThreadingWSGIServer):
-        address_family = family
-
-    return Server((str(sockaddr[0]), port), _QuietHandler)
-
-
 class MetricsServer:
     """Serves ``registry`` plus an :class:`AgentCollector` on ``addr`` until cancelled.
 
-    ``snapshot`` runs on the event loop at each scrape; ``counters`` and
-    ``if_stats`` read BPF maps from the scrape thread.
+    ``snapshot`` (the actors' published statistics) and ``counters`` (the rule
+    counters, asked of the Datapath, which owns the maps) run on the event loop
+    at each scrape; ``if_stats`` reads the per-interface counter map from the
+    scrape thread.
     """
 
     def __init__(
@@ -102,7 +63,7 @@ class MetricsServer:
         registry: CollectorRegistry,
         *,
         snapshot: Callable[[], Snapshot],
-        counters: CounterReader,
+        counters: Callable[[Sequence[int]], Awaitable[Mapping[int, SlotCounters]]],
         if_stats: Callable[[], Mapping[int, IfCounters]] | None = None,
     ) -> None:
         self.host, self.port = parse_addr(addr)
@@ -124,7 +85,9 @@ class MetricsServer:
         try:
             async with BlockingPortal() as portal:
                 collector = AgentCollector(
-                    lambda: portal.call(self._snapshot), self._counters, self._if_stats
+                    lambda: portal.call(self._snapshot),
+                    _PortalCounters(portal, self._counters),
+                    self._if_stats,
                 )
                 self._registry.register(collector)  # no describe(): nothing is read here
                 httpd.set_app(serialised_without_gc(make_wsgi_app(self._registry)))
@@ -147,3 +110,18 @@ class MetricsServer:
                         log.info("metrics_stopped", host=self.host, port=self.bound[1])
         finally:
             httpd.server_close()
+
+
+class _PortalCounters:
+    """A CounterReader for the scrape thread: each read runs ``read`` on the event loop."""
+
+    def __init__(
+        self,
+        portal: BlockingPortal,
+        read: Callable[[Sequence[int]], Awaitable[Mapping[int, SlotCounters]]],
+    ) -> None:
+        self._portal = portal
+        self._read = read
+
+    def read_counters_batch(self, slots: Sequence[int]) -> Mapping[int, SlotCounters]:
+        return self._portal.call(self._read, slots)

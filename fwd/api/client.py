@@ -47,14 +47,19 @@ class Client:
         timeout: float = 10.0,
         server: str = "",
         ssl: SSLContext | None = None,
+        channel: Channel | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
         self.server = server  # "HOST:PORT": use TCP (with ``ssl``) instead of the socket
         self._ssl = ssl
+        self._given = channel  # a channel someone else owns (fwd.api.direct)
         self._channel: Channel | None = None
 
     async def __aenter__(self) -> Self:
+        if self._given is not None:
+            self._channel = self._given
+            return self
         if self.server:
             host, _, port = self.server.rpartition(":")
             if not port.isdigit():
@@ -72,9 +77,9 @@ class Client:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._channel is not None:
+        if self._channel is not None and self._given is None:
             self._channel.close()
-            self._channel = None
+        self._channel = None
 
     @property
     def channel(self) -> Channel:

@@ -10,6 +10,7 @@ from grpclib import GRPCError
 from grpclib.const import Status
 
 from fwd.errors import (
+    AccessDenied,
     BpfError,
     CapacityError,
     ClusterUnavailable,
@@ -43,6 +44,8 @@ def grpc_errors(what: str) -> Iterator[None]:
         raise GRPCError(Status.NOT_FOUND, str(exc)) from None
     except ClusterUnavailable as exc:
         raise GRPCError(Status.UNAVAILABLE, str(exc)) from None
+    except AccessDenied as exc:
+        raise GRPCError(Status.PERMISSION_DENIED, str(exc)) from None
     except (BpfError, LinkError) as exc:
         raise GRPCError(Status.INTERNAL, f"{what}: {exc}") from None
     except Exception as exc:

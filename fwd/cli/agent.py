@@ -10,7 +10,8 @@ from fwd.api.client import SOCKET_ENV, default_socket
 from fwd.cli.options import bounded_int_arg
 from fwd.cli.output import Failed
 from fwd.core import abi
-from fwd.errors import PolicyError
+from fwd.api.direct import add_tls_options
+from fwd.errors import FwdError
 from fwd.settings import Settings
 
 
@@ -75,27 +76,44 @@ def _agent(args: argparse.Namespace) -> int:
 def _cluster_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The cluster-mode fields of Settings from ``fwd agent --etcd ...`` (validated here,
     so a typo stops the agent before it loads anything)."""
+    etcd_only = [f for f, v in (("--node", args.node), ("--label", args.label),
+                                ("--etcd-cert", args.etcd_cert), ("--etcd-admin-cert", args.etcd_admin_cert)) if v]  # fmt: skip
     if not args.etcd:
-        if args.node or args.label:
-            raise Failed("--node and --label need --etcd (cluster mode)")
+        if etcd_only:
+            raise Failed(f"{etcd_only[0]} needs --etcd (cluster mode)")
         return {}
-    from fwd.cluster.etcd import EtcdError, parse_urls
+    from fwd.api.direct import EtcdAccess
+    from fwd.cluster.credentials import TlsFiles, load
     from fwd.cluster.layout import check_node_name
     from fwd.cluster.selector import parse_labels
 
     try:
-        parse_urls(args.etcd)
+        EtcdAccess.from_args(args).credentials()  # the transport rule, and the files load
         labels = parse_labels(args.label)
         if args.node:
             check_node_name(args.node)
-    except (EtcdError, PolicyError) as exc:
+    except FwdError as exc:
         raise Failed(str(exc)) from None
+    admin = TlsFiles(args.etcd_ca, args.etcd_admin_cert, args.etcd_admin_key)
+    if admin.cert or admin.key:
+        try:
+            if args.etcd_insecure:
+                raise Failed("--etcd-admin-cert: needs https:// etcd URLs")
+            load(admin)
+        except FwdError as exc:
+            raise Failed(f"--etcd-admin-cert/--etcd-admin-key: {exc}") from None
     return {
         "etcd_endpoints": tuple(u.strip() for u in args.etcd.split(",") if u.strip()),
         "node_name": args.node,
         "node_labels": tuple(sorted(labels.items())),
         "etcd_prefix": args.etcd_prefix,
         "lease_ttl": args.lease_ttl,
+        "etcd_ca": args.etcd_ca,
+        "etcd_cert": args.etcd_cert,
+        "etcd_key": args.etcd_key,
+        "etcd_insecure": args.etcd_insecure,
+        "etcd_admin_cert": args.etcd_admin_cert,
+        "etcd_admin_key": args.etcd_admin_key,
     }
 
 
@@ -255,9 +273,10 @@ def register(sub: Any) -> None:
         "--etcd",
         default="",
         metavar="URL[,URL...]",
-        help="cluster mode: take the policy from etcd at these endpoints (http://HOST:PORT) "
+        help="cluster mode: take the policy from etcd at these endpoints (https://HOST:PORT) "
         "and report status there; without it the agent runs in local mode (SQLite)",
     )
+    add_tls_options(agent, agent=True)
     agent.add_argument(
         "--node", default="", metavar="NAME",
         help="this node's name in etcd (default: the host name)",

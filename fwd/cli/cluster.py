@@ -1,7 +1,9 @@
-"""CLI commands of cluster mode: ``fwd cluster status | wait | label | policies | delete``.
+"""CLI commands of cluster mode: ``fwd cluster status | wait | label | policies | delete | init``.
 
-Thin clients of fwd.v1.ClusterService on any agent running with ``--etcd``:
-that agent reads and writes etcd for the caller.
+Thin clients of fwd.v1.ClusterService: on an agent running with ``--etcd`` (it
+reads and writes etcd for the caller, as its admin identity if it has one), or,
+with ``--etcd URL`` and the caller's own certificate, served in this process
+straight over etcd (fwd/api/direct.py). ``init`` sets up etcd's users and roles.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 from typing import Any, TextIO
 
 from fwd.api.client import Client
+from fwd.api.direct import etcd_parent, register_init
 from fwd.api.convert import policy_from_proto
 from fwd.api.gen.fwd import v1 as pb
 from fwd.cli.options import fresh_common, revision_arg
@@ -142,12 +145,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     client options, for a command that redefines one of them)."""
     cluster = sub.add_parser(
         "cluster", help="cluster mode: nodes, labels, policies in etcd",
-        description="Talk to any agent running with --etcd; it reads and writes etcd.",
+        description="Talk to any agent running with --etcd (it reads and writes etcd for you), "
+        "or to etcd itself with --etcd URL and your own certificate (--etcd-ca/--etcd-cert/--etcd-key).",
     )  # fmt: skip
     csub = cluster.add_subparsers(dest="cluster_command", metavar="COMMAND", required=True)
+    etcd = etcd_parent()
 
     status = csub.add_parser(
-        "status", parents=[common], help="every node: what it enforces, lag, live or silent",
+        "status", parents=[common, etcd], help="every node: what it enforces, lag, live or silent",
         description="Every node known to etcd: labels, the etcd revision it has synced and "
         "its lag behind the cluster, the hash of the policy it enforces, attach modes, its "
         "last error, and whether its lease is alive (live) or expired (silent).",
@@ -160,7 +165,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     # deadline is that plus WAIT_SLACK. "resolve" edits the parent's actions in
     # place, hence a fresh copy of the client options, not the shared one.
     wait = csub.add_parser(
-        "wait", parents=[fresh_common()], conflict_handler="resolve", help="wait until the selected nodes enforce a revision",
+        "wait", parents=[fresh_common(), etcd], conflict_handler="resolve", help="wait until the selected nodes enforce a revision",
         description="Return once every live node matching the selector has synced etcd "
         "revision R (as printed by 'fwd policy apply'); fail naming the nodes still behind "
         "after --timeout.",
@@ -172,7 +177,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     wait.set_defaults(client=_wait)
 
     label = csub.add_parser(
-        "label", parents=[common], help="set or remove labels of a node",
+        "label", parents=[common, etcd], help="set or remove labels of a node",
         description="Change NODE's labels in etcd (compare-and-swap); agents whose labels "
         "change re-select their policies at once.",
     )  # fmt: skip
@@ -183,15 +188,17 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     label.set_defaults(client=_label, write="the label change")
 
     policies = csub.add_parser(
-        "policies", parents=[common], help="the policies stored in etcd, in merge order",
+        "policies", parents=[common, etcd], help="the policies stored in etcd, in merge order",
     )  # fmt: skip
     policies.add_argument("-o", "--output", choices=("table", "json"), default="table")
     policies.set_defaults(client=_policies)
 
     delete = csub.add_parser(
-        "delete", parents=[common], help="delete a policy from etcd",
+        "delete", parents=[common, etcd], help="delete a policy from etcd",
     )  # fmt: skip
     delete.add_argument("name", metavar="NAME")
     delete.add_argument("--expect-revision", type=revision_arg, metavar="N",
                         help="only if N is the policy's mod revision")  # fmt: skip
     delete.set_defaults(client=_delete, write="the delete")
+
+    register_init(csub)

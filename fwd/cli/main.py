@@ -19,7 +19,7 @@ from fwd.cli.exits import unknown_message
 from fwd.cli.options import DEFAULT_TIMEOUT
 from fwd.cli.output import Failed
 from fwd.cli.parser import build_parser
-from fwd.errors import PolicyError
+from fwd.errors import FwdError
 
 
 Command = Callable[[Client, argparse.Namespace, TextIO], Awaitable[None]]
@@ -42,6 +42,14 @@ def run_client(command: Command, args: argparse.Namespace, out: TextIO, err: Tex
     args.sent = False
 
     async def go() -> None:
+        if getattr(args, "etcd", ""):  # straight to etcd with the caller's certificate
+            from fwd.api.direct import direct_channel
+
+            async with direct_channel(args) as channel, Client(
+                "", timeout=args.timeout, channel=channel
+            ) as client:
+                await command(client, args, out)
+            return
         ssl_ctx = None
         if args.server:
             if not args.tls_ca:
@@ -75,7 +83,7 @@ def run_client(command: Command, args: argparse.Namespace, out: TextIO, err: Tex
     except AgentUnreachable as exc:
         err.write(f"fwd: UNREACHABLE: {exc}\n")
         return exits.UNREACHABLE
-    except (Failed, PolicyError) as exc:
+    except (Failed, FwdError) as exc:  # PolicyError, etcd/TLS settings
         err.write(f"fwd: {exc}\n")
         return exits.FAILED
     except TimeoutError:  # grpclib raises asyncio.TimeoutError, the same class since 3.11
@@ -109,5 +117,8 @@ def main(
         return exc.code if isinstance(exc.code, int) else exits.USAGE
     if getattr(args, "client", None) is not None:
         return run_client(args.client, args, out, err)
+    if getattr(args, "handler_io", False):  # a handler that writes to out/err itself
+        io_code: int = args.handler(args, out, err)
+        return io_code
     code: int = args.handler(args)
     return code

@@ -11,6 +11,7 @@ from fwd.api.client import Client
 from fwd.api.convert import policy_from_proto
 from fwd.cli.options import DEFAULT_TIMEOUT, duration_arg, revision_arg
 from fwd.cli.output import Failed, dumps, enum_name, format_table, message_to_json, summary
+from fwd.api.direct import etcd_parent
 from fwd.errors import PolicyError
 from fwd.policy.files import FORMATS, dump_policy_yaml, load_policy_file
 from fwd.policy.model import Policy, policy_to_dict
@@ -207,7 +208,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     get.set_defaults(client=_policy_get)
     apply = policy_sub.add_parser(
         "apply",
-        parents=[common],
+        parents=[common, etcd_parent()],
         help="validate a policy file and enforce it atomically",
         description="Validate FILE (YAML or JSON), then have the agent enforce it "
         "atomically. Prints the new revision.",

@@ -18,98 +18,26 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any, NoReturn, Self
-from urllib.parse import urlsplit
 
 import anyio
 
-from fwd.errors import FwdError
+from fwd.cluster.credentials import TlsCredentials
+from fwd.cluster.etcdtypes import (
+    CHANNEL_OPTIONS, Compacted, CredentialsChanged, EtcdError, EtcdUnavailable, Event, KeyValue,
+    LeaseExpired, PermissionDenied, RangeResult, TxnResult, WatchBatch, check_transport,
+    parse_urls, prefix_end, split_urls,
+)  # fmt: skip
 
 # aetcd and grpc are imported lazily (in EtcdClient.connect) so `import fwd.cluster.etcd`
 # costs nothing and local mode never needs them.
 
 
-class EtcdError(FwdError):
-    """etcd refused a request (not a connectivity problem)."""
-
-
-class EtcdUnavailable(EtcdError):
-    """etcd could not be reached or the stream broke: back off, reconnect, reload."""
-
-
-class Compacted(EtcdError):
-    """The revision a watch asked for is compacted away: reload with a get."""
-
-    def __init__(self, revision: int) -> None:
-        super().__init__(f"revision compacted up to {revision}")
-        self.revision = revision
-
-
-class LeaseExpired(EtcdError):
-    """The lease is gone (expired or revoked); keys attached to it were deleted."""
-
-
-@dataclass(frozen=True)
-class KeyValue:
-    key: str
-    value: bytes
-    mod_revision: int
-    create_revision: int = 0
-    lease: int = 0
-
-
-@dataclass(frozen=True)
-class Event:
-    """A put (``deleted`` False) or a delete of ``kv.key`` at ``kv.mod_revision``."""
-
-    deleted: bool
-    kv: KeyValue
-
-
-@dataclass(frozen=True)
-class WatchBatch:
-    """One watch response: every event up to ``revision`` in the range was delivered."""
-
-    revision: int
-    events: tuple[Event, ...]
-
-
-@dataclass(frozen=True)
-class RangeResult:
-    revision: int  # the store's revision the range was read at
-    kvs: tuple[KeyValue, ...]
-
-
-@dataclass(frozen=True)
-class TxnResult:
-    """A compare-and-swap: ``revision`` of the write, or, when it failed, the key now."""
-
-    succeeded: bool
-    revision: int
-    current: KeyValue | None = None
-
-
-def parse_urls(urls: str | Sequence[str]) -> list[tuple[str, int]]:
-    """``http://h:p,http://h2:p2`` (or a list) as (host, port) pairs; plain http only."""
-    items = urls.split(",") if isinstance(urls, str) else list(urls)
-    out = []
-    for item in items:
-        item = item.strip()
-        if not item:
-            continue
-        parts = urlsplit(item if "://" in item else f"http://{item}")
-        if parts.scheme != "http" or not parts.hostname:
-            raise EtcdError(f"etcd URL {item!r}: only http://HOST:PORT is supported")
-        out.append((parts.hostname, parts.port or 2379))
-    if not out:
-        raise EtcdError("no etcd URL given")
-    return out
-
-
-def prefix_end(prefix: str) -> str:
-    """The end of the key range holding every key that starts with ``prefix``."""
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+__all__ = [
+    "Compacted", "CredentialsChanged", "EtcdClient", "EtcdError", "EtcdUnavailable", "Event",
+    "KeyValue", "LeaseExpired", "PermissionDenied", "RangeResult", "TxnResult", "WatchBatch",
+    "check_transport", "parse_urls", "prefix_end", "split_urls",
+]  # fmt: skip
 
 
 def _kv(raw: Any) -> KeyValue:
@@ -118,28 +46,34 @@ def _kv(raw: Any) -> KeyValue:
     )
 
 
-# gRPC channel settings: reconnect quickly (grpc's default backoff grows to 120 s),
-# and notice a silently dead peer. etcd refuses pings more often than every 5 s.
-CHANNEL_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 5000),
-    ("grpc.keepalive_time_ms", 10000),
-    ("grpc.keepalive_timeout_ms", 5000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.max_receive_message_length", 128 * 1024 * 1024),
-)
-
-
 class EtcdClient:
-    """One gRPC channel to one of ``urls`` (``failover`` moves to the next one)."""
+    """One gRPC channel to one of ``urls`` (``failover`` moves to the next one).
 
-    def __init__(self, urls: str | Sequence[str], *, timeout: float = 5.0) -> None:
-        self.endpoints = parse_urls(urls)
+    With ``https://`` URLs the channel is TLS with ``credentials`` (the CA etcd is
+    verified with, and the client certificate that is this client's etcd user).
+    When the credentials' files change, the next call builds a new channel from
+    them; the old one is closed once its last call ended (closing a grpc.aio
+    channel under a running call raises a bare CancelledError in that call).
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        timeout: float = 5.0,
+        credentials: TlsCredentials | None = None,
+    ) -> None:
+        self.scheme, self.endpoints = split_urls(urls)
+        if self.scheme == "https" and credentials is None:
+            raise EtcdError("https:// etcd URLs need TLS credentials (--etcd-ca, --etcd-cert, --etcd-key)")
+        self.credentials = credentials if self.scheme == "https" else None
         self.timeout = timeout
         self._index = 0
         self._generation = 0
         self._channel: Any = None
+        self._channel_version = 0  # the credentials' version the channel was built with
+        self._active: dict[int, int] = {}  # id(channel) -> calls running on it
+        self._retired: dict[int, Any] = {}  # stale channels closed when their last call ends
         self._kv: Any = None
         self._lease: Any = None
         self._watch: Any = None
@@ -155,7 +89,30 @@ class EtcdClient:
         host, port = self.endpoints[self._index]
         return f"{host}:{port}"
 
+    def stale(self) -> bool:
+        """Whether the credentials changed since the channel was built (checks the
+        files at most every ``check_interval``)."""
+        creds = self.credentials
+        if creds is None:
+            return False
+        creds.refresh()
+        return self._channel is not None and self._channel_version != creds.version
+
+    async def wait_credentials_changed(self) -> None:
+        """Return once the credentials' files hold a new valid identity (never without TLS)."""
+        creds = self.credentials
+        if creds is None:
+            await anyio.sleep_forever()
+            return
+        while not self.stale():
+            await anyio.sleep(creds.check_interval)
+
     def _connect(self) -> None:
+        if self._channel is not None and self.stale():
+            # New calls go to a new channel; the old one closes when its last call ends.
+            old, self._channel = self._channel, None
+            self._generation += 1
+            self._retired[id(old)] = old
         if self._channel is not None:
             return
         from aetcd import (
@@ -163,14 +120,44 @@ class EtcdClient:
         )
 
         self._rpc = rpc
-        self._channel = rpc.insecure_channel(self.endpoint, options=CHANNEL_OPTIONS)
+        if self.credentials is None:
+            self._channel = rpc.insecure_channel(self.endpoint, options=CHANNEL_OPTIONS)
+        else:
+            self._channel_version = self.credentials.version
+            self._channel = rpc.secure_channel(
+                self.endpoint, self.credentials.grpc_credentials(), options=CHANNEL_OPTIONS
+            )
         self._kv = rpc.KVStub(self._channel)
         self._lease = rpc.LeaseStub(self._channel)
         self._watch = rpc.WatchStub(self._channel)
+        self._auth = rpc.AuthStub(self._channel)
+
+    @contextlib.asynccontextmanager
+    async def _call(self) -> AsyncIterator[None]:
+        """Count a call on the current channel; close a retired channel after its last call."""
+        self._connect()
+        key = id(self._channel)
+        self._active[key] = self._active.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            self._active[key] -= 1
+            if not self._active[key]:
+                del self._active[key]
+            idle = [k for k in self._retired if k not in self._active]
+            if idle:
+                with anyio.CancelScope(shield=True):
+                    for k in idle:
+                        await self._retired.pop(k).close()
 
     async def failover(self, generation: int) -> None:
-        """Reconnect to the next URL, unless someone already did since ``generation``."""
-        if generation != self._generation or len(self.endpoints) < 2:
+        """Reconnect to the next URL, unless someone already did since ``generation``
+        (with one URL: only if the credentials changed, so a retry uses the new ones)."""
+        if generation != self._generation:
+            return
+        if len(self.endpoints) < 2:
+            if self.stale():
+                self._connect()  # retires the old channel
             return
         self._generation += 1
         self._index = (self._index + 1) % len(self.endpoints)
@@ -181,9 +168,11 @@ class EtcdClient:
 
     async def close(self) -> None:
         channel, self._channel = self._channel, None
-        if channel is not None:
-            with anyio.CancelScope(shield=True):
-                await channel.close()
+        retired, self._retired = list(self._retired.values()), {}
+        with anyio.CancelScope(shield=True):
+            for ch in [*retired, channel]:
+                if ch is not None:
+                    await ch.close()
 
     async def __aenter__(self) -> Self:
         self._connect()
@@ -202,15 +191,24 @@ class EtcdClient:
             return EtcdUnavailable(f"etcd {self.endpoint}: {what}: {code.name}: {details}")
         if code is sc.OUT_OF_RANGE and "compacted" in (details or ""):
             return Compacted(0)
+        if code is sc.PERMISSION_DENIED:
+            return PermissionDenied(f"etcd {self.endpoint}: {what}: permission denied for {self.user()}")
         name = code.name if code is not None else type(e).__name__
         return EtcdError(f"etcd {self.endpoint}: {what}: {name}: {details}")
 
+    def user(self) -> str:
+        """The etcd user this client acts as (its certificate's CN), for messages."""
+        if self.credentials is None:
+            return "an unauthenticated client"
+        cn = self.credentials.identity.common_name
+        return f"etcd user {cn!r}" if cn else "a client without a certificate"
+
     async def _unary(self, method: str, stub: str, request: Any) -> Any:
-        self._connect()
-        try:
-            return await getattr(getattr(self, stub), method)(request, timeout=self.timeout)
-        except self._rpc.AioRpcError as e:
-            raise self._translate(e, method) from None
+        async with self._call():
+            try:
+                return await getattr(getattr(self, stub), method)(request, timeout=self.timeout)
+            except self._rpc.AioRpcError as e:
+                raise self._translate(e, method) from None
 
     # --- KV ------------------------------------------------------------------------
 
@@ -220,17 +218,18 @@ class EtcdClient:
         resp = await self._unary("Range", "_kv", self._rpc.RangeRequest(key=start.encode(), range_end=end.encode()))
         return RangeResult(resp.header.revision, tuple(_kv(kv) for kv in resp.kvs))
 
-    async def newest_mod_revision(self, start: str, end: str) -> int:
-        """The highest mod revision of any key in ``[start, end)`` (0 if none): one key,
-        no values, sorted by etcd."""
+    async def get_ranges(self, ranges: Sequence[tuple[str, str]]) -> RangeResult:
+        """Several ranges (``end`` "" = the one key) read at one revision (a read-only
+        transaction: etcd checks the read permission of each range on its own)."""
         self._connect()
         rpc = self._rpc
-        request = rpc.RangeRequest(
-            key=start.encode(), range_end=end.encode(), limit=1, keys_only=True,
-            sort_order=rpc.RangeRequest.DESCEND, sort_target=rpc.RangeRequest.MOD,
-        )
-        resp = await self._unary("Range", "_kv", request)
-        return int(resp.kvs[0].mod_revision) if resp.kvs else 0
+        ops = [
+            rpc.RequestOp(request_range=rpc.RangeRequest(key=start.encode(), range_end=end.encode()))
+            for start, end in ranges
+        ]
+        resp = await self._unary("Txn", "_kv", rpc.TxnRequest(success=ops))
+        kvs = tuple(_kv(kv) for r in resp.responses for kv in r.response_range.kvs)
+        return RangeResult(resp.header.revision, kvs)
 
     async def get_prefix(self, prefix: str) -> RangeResult:
         return await self.get_range(prefix, prefix_end(prefix))
@@ -284,6 +283,18 @@ class EtcdClient:
         op = self._rpc.RequestOp(request_delete_range=self._rpc.DeleteRangeRequest(key=key.encode()))
         return await self._txn(key, mod_revision, op)
 
+    # --- auth (fwd cluster init: fwd/cluster/access.py) ----------------------------
+
+    @property
+    def rpc(self) -> Any:
+        """aetcd's generated message module (for building auth requests)."""
+        self._connect()
+        return self._rpc
+
+    async def auth(self, method: str, request: Any) -> Any:
+        """One call of etcd's Auth service (``UserAdd``, ``RoleGrantPermission``, ...)."""
+        return await self._unary(method, "_auth", request)
+
     # --- leases --------------------------------------------------------------------
 
     async def grant_lease(self, ttl: int) -> int:
@@ -313,7 +324,10 @@ class EtcdClient:
         Raises LeaseExpired when etcd says the lease is gone, EtcdUnavailable when
         the stream breaks or a refresh gets no answer within the client timeout.
         """
-        self._connect()
+        async with self._call():
+            await self._keep_alive(lease, ttl)
+
+    async def _keep_alive(self, lease: int, ttl: int) -> NoReturn:
         call = self._lease.LeaseKeepAlive()
         try:
             while True:
@@ -348,18 +362,32 @@ class EtcdClient:
         revision. Raises Compacted if ``start_revision`` is compacted away,
         EtcdUnavailable if the stream breaks.
         """
-        self._connect()
-        rpc = self._rpc
-        call = self._watch.Watch()
-        create = rpc.WatchCreateRequest(key=start.encode(), range_end=end.encode(), start_revision=start_revision)
-        try:
+        async with self.watch_ranges([(start, end)], start_revision) as batches:
+            yield batches
+
+    @contextlib.asynccontextmanager
+    async def watch_ranges(
+        self, ranges: Sequence[tuple[str, str]], start_revision: int
+    ) -> AsyncIterator[AsyncIterator[WatchBatch]]:
+        """Watch several ranges (``end`` "" = the one key) from ``start_revision``, all
+        on one stream: one watcher per range, their batches interleaved as etcd sends
+        them (in revision order while the watchers are synced, which they are when
+        ``start_revision`` is one past a read's revision and nothing was compacted)."""
+        async with self._call():
+            rpc = self._rpc
+            call = self._watch.Watch()
             try:
-                await call.write(rpc.WatchRequest(create_request=create))
-            except rpc.AioRpcError as e:
-                raise self._translate(e, "Watch") from None
-            yield self._batches(call)
-        finally:
-            call.cancel()
+                try:
+                    for start, end in ranges:
+                        create = rpc.WatchCreateRequest(
+                            key=start.encode(), range_end=end.encode(), start_revision=start_revision
+                        )
+                        await call.write(rpc.WatchRequest(create_request=create))
+                except rpc.AioRpcError as e:
+                    raise self._translate(e, "Watch") from None
+                yield self._batches(call)
+            finally:
+                call.cancel()
 
     async def _batches(self, call: Any) -> AsyncIterator[WatchBatch]:
         eof = self._grpc_eof()
@@ -374,6 +402,8 @@ class EtcdClient:
             if resp.compact_revision:
                 raise Compacted(resp.compact_revision)
             if resp.canceled:
+                if "permission denied" in resp.cancel_reason:
+                    raise PermissionDenied(f"etcd {self.endpoint}: Watch: permission denied for {self.user()}")
                 raise EtcdUnavailable(f"etcd {self.endpoint}: watch canceled: {resp.cancel_reason}")
             if resp.created and not resp.events:
                 continue  # its header revision says nothing about events still to come

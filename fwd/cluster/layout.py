@@ -6,10 +6,12 @@
     <prefix>labels/<node>     {"role": "edge"}
     <prefix>status/<node>     StatusRecord as JSON, attached to the node's lease
 
-The prefix defaults to ``/fwd/``. Because ``labels/`` < ``policies/`` <
-``status/``, one key range ``[labels/, policies0)`` holds everything an agent
-needs and nothing it writes: agents watch that range, so 1,000 status writes
-are not fanned out to 1,000 watchers.
+The prefix defaults to ``/fwd/``. An agent reads and watches two ranges
+(``node_ranges``): ``policies/`` and its own ``labels/<node>``, exactly what its
+etcd role lets it read (fwd/cluster/access.py). Not the other nodes' labels:
+a relabel is then one event for one node, not one for every node, and a
+node's key cannot reveal the others' labels. Nor ``status/``: 1,000 status
+writes are not fanned out to 1,000 watchers.
 
 Decoding untrusted values raises PolicyError naming the key and the field.
 """
@@ -86,6 +88,12 @@ class Layout:
         """``[start, end)`` covering labels/ and policies/ but not status/."""
         policies = self.policies
         return self.labels, policies[:-1] + chr(ord(policies[-1]) + 1)
+
+    def node_ranges(self, node: str) -> tuple[tuple[str, str], tuple[str, str]]:
+        """What ``node``'s agent reads and watches: every policy, and its own labels key
+        (``(key, "")`` is the one key)."""
+        policies = self.policies
+        return (policies, policies[:-1] + chr(ord(policies[-1]) + 1)), (self.labels_key(node), "")
 
     def name_in(self, directory: str, key: str) -> str | None:
         """The last part of ``key`` if it lies directly under ``directory``, else None."""

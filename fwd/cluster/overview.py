@@ -7,14 +7,22 @@ No I/O here: ``fwd.actors.cluster_admin`` reads etcd and calls these.
 A node is *live* while its status record exists: the record is attached to the
 agent's lease, so etcd deletes it when the agent stops renewing (crash,
 partition). Nodes that are known only by their labels key are *silent*.
+
+A node watches only ``policies/`` and its own labels (its etcd role allows no
+more), so its ``synced_revision`` moves only with writes that concern it. A
+node is *current* at revision R when its record says it enforces exactly the
+policies (name, mod revision) that its labels select at R: it has nothing to
+catch up on, whatever it has heard of, so its lag is 0 and a wait for any
+revision up to R is over for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from fwd.cluster.layout import decode_labels, decode_status
+from fwd.cluster.layout import PolicyRecord, decode_labels, decode_status
+from fwd.cluster.merge import select
 from fwd.errors import PolicyError
 from fwd.messages import ClusterView, Labels, NodeView
 
@@ -35,23 +43,35 @@ def read_labels(node: str, raw: bytes) -> dict[str, str]:
         return {}
 
 
-def node_view(node: str, raw: bytes, labels: Mapping[str, str] | None, revision: int) -> NodeView:
+def node_view(
+    node: str,
+    raw: bytes,
+    labels: Mapping[str, str] | None,
+    revision: int,
+    policies: Sequence[PolicyRecord] | None = None,
+) -> NodeView:
     """A live node from its status record (docs/cluster.md has the fields); its lag is
-    ``revision`` (the newest change the agents watch) minus its synced revision.
+    ``revision`` (the newest change the agents watch) minus its synced revision, or 0
+    when it is current.
 
     ``labels`` from the node's labels key win over the ones in the record (etcd
-    is the truth; the record says what the agent last saw).
+    is the truth; the record says what the agent last saw). With ``policies``
+    (every valid record at ``revision``) the node may be *current* (module doc).
     """
     try:
         s = decode_status(node, raw)
     except PolicyError as e:
         return NodeView(node, labels_of(labels or {}), True, last_error=f"unreadable status: {e}")
+    current = False
+    if policies is not None and labels is not None:
+        wanted = tuple((r.name, r.mod_revision) for r in select(policies, labels))
+        current = s.policies == wanted and dict(s.labels) == dict(labels)
     return NodeView(
         node=node,
         labels=labels_of(labels if labels is not None else s.labels),
         live=True,
         synced_revision=s.synced_revision,
-        lag=max(0, revision - s.synced_revision),
+        lag=0 if current else max(0, revision - s.synced_revision),
         policy_hash=s.policy_hash,
         policies=s.policies,
         applied_revision=s.applied_revision,
@@ -59,6 +79,7 @@ def node_view(node: str, raw: bytes, labels: Mapping[str, str] | None, revision:
         last_error=s.last_error,
         version=s.version,
         updated=s.updated,
+        current=current,
     )
 
 
@@ -66,12 +87,14 @@ def cluster_view(
     revision: int,
     labels: Mapping[str, bytes],
     statuses: Mapping[str, bytes],
+    policies: Sequence[PolicyRecord] | None = None,
     *,
     policy_revision: int | None = None,
 ) -> ClusterView:
     """Every node named by a labels key or a status record, ordered by name.
 
-    ``revision`` is the store's revision of the read; ``policy_revision`` the newest mod
+    ``revision`` is the store's revision of the read (labels, status and ``policies``,
+    the valid policy records, all read at it); ``policy_revision`` the newest mod
     revision under labels/ and policies/ (what agents watch), which lag is measured
     against (``revision`` when not given). Status writes move the store's revision but
     no agent watches them, so measuring against it showed lag on a quiet cluster.
@@ -81,7 +104,7 @@ def cluster_view(
     for node in sorted(set(labels) | set(statuses)):
         own = read_labels(node, labels[node]) if node in labels else None
         if node in statuses:
-            nodes.append(node_view(node, statuses[node], own, reference))
+            nodes.append(node_view(node, statuses[node], own, reference, policies))
         else:
             nodes.append(NodeView(node, labels_of(own or {}), live=False))
     return ClusterView(revision, tuple(nodes), policy_revision=reference)
@@ -105,11 +128,17 @@ class WaitState:
 
 
 def wait_state(view: ClusterView, revision: int, selects: Matcher) -> WaitState:
-    """Which live nodes whose labels ``selects`` accepts have not synced ``revision``."""
+    """Which live nodes whose labels ``selects`` accepts have not synced ``revision``
+    (and are not current at the view's revision, which is at least ``revision``)."""
     chosen = [n for n in view.nodes if selects(dict(n.labels))]
     live = [n for n in chosen if n.live]
+    caught_up = view.revision >= revision
     return WaitState(
         live=tuple(n.node for n in live),
-        behind=tuple((n.node, n.synced_revision) for n in live if n.synced_revision < revision),
+        behind=tuple(
+            (n.node, n.synced_revision)
+            for n in live
+            if n.synced_revision < revision and not (n.current and caught_up)
+        ),
         silent=tuple(n.node for n in chosen if not n.live),
     )

@@ -32,9 +32,10 @@ _ACTIONS = {abi.ACT_ALLOW: Action.ALLOW, abi.ACT_DROP: Action.DROP}
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 
 # Address objects are the costly part of a decode and floods repeat addresses:
-# a bounded cache (cleared when full, so memory stays bounded) pays off.
-_ADDR_CACHE: dict[bytes, IPAddress | None] = {}
+# a bounded cache (cleared when full, so memory stays bounded) pays off. Each
+# Decoder has its own (no cache is shared between actors).
 _ADDR_CACHE_MAX = 65536
+Addresses = dict[bytes, "IPAddress | None"]
 
 
 class DecodeError(ValueError):
@@ -78,10 +79,10 @@ class DropEvent(NamedTuple):
         return self.action is Action.DROP and not self.would_drop
 
 
-def _address(raw: bytes, ipv6: bool) -> IPAddress | None:
+def _address(raw: bytes, ipv6: bool, cache: Addresses) -> IPAddress | None:
     key = raw + (b"6" if ipv6 else b"4")
     try:
-        return _ADDR_CACHE[key]
+        return cache[key]
     except KeyError:
         pass
     addr: IPAddress | None
@@ -91,18 +92,25 @@ def _address(raw: bytes, ipv6: bool) -> IPAddress | None:
         addr = IPv4Address(raw[12:])
     else:
         addr = None  # not parsed (malformed early): the key's zeroes
-    if len(_ADDR_CACHE) >= _ADDR_CACHE_MAX:
-        _ADDR_CACHE.clear()
-    _ADDR_CACHE[key] = addr
+    if len(cache) >= _ADDR_CACHE_MAX:
+        cache.clear()
+    cache[key] = addr
     return addr
 
 
-def decode(raw: bytes, names: Mapping[int, str], wall_offset_ns: int = 0) -> DropEvent:
+def decode(
+    raw: bytes,
+    names: Mapping[int, str],
+    wall_offset_ns: int = 0,
+    addresses: Addresses | None = None,
+) -> DropEvent:
     """One ring buffer record -> DropEvent.
 
     ``names`` maps counter slots to rule ids; ``wall_offset_ns`` is
-    :func:`wall_offset_ns` (the kernel stamps CLOCK_MONOTONIC).
+    :func:`wall_offset_ns` (the kernel stamps CLOCK_MONOTONIC); ``addresses``
+    is the caller's cache of address objects (a Decoder's), if it keeps one.
     """
+    cache: Addresses = {} if addresses is None else addresses
     if len(raw) != RECORD_SIZE:
         raise DecodeError(f"event record has {len(raw)} bytes, expected {RECORD_SIZE}")
     (
@@ -134,8 +142,8 @@ def decode(raw: bytes, names: Mapping[int, str], wall_offset_ns: int = 0) -> Dro
         bool(flags & abi.EV_WOULD_DROP),
         bool(flags & abi.EV_DEFAULT),
         bool(flags & abi.EV_MALFORMED),
-        _address(src, ipv6),
-        _address(dst, ipv6),
+        _address(src, ipv6, cache),
+        _address(dst, ipv6, cache),
         sport,
         dport,
         proto,
@@ -163,6 +171,7 @@ class Decoder:
         self._names = dict(names)
         self._max = max_entries
         self._cache: dict[bytes, tuple[Any, ...]] = {}
+        self._addresses: Addresses = {}
 
     def decode(self, raw: bytes, wall_offset_ns: int = 0) -> DropEvent:
         """One ring buffer record -> DropEvent (see :func:`decode`)."""
@@ -171,7 +180,7 @@ class Decoder:
         key = raw[8:]
         rest = self._cache.get(key)
         if rest is None:
-            rest = tuple(decode(raw, self._names))[1:]  # raises DecodeError: not cached
+            rest = tuple(decode(raw, self._names, 0, self._addresses))[1:]  # raises DecodeError: not cached
             if len(self._cache) >= self._max:
                 self._cache.clear()
             self._cache[key] = rest

@@ -10,10 +10,11 @@ import ctypes
 import struct
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from typing import Protocol
 
 from fwd.core import abi
+from fwd.core.counters import SlotCounters
+from fwd.core.transaction import TornCommit
 from fwd.policy.adopt import KernelView
 from fwd.policy.compiler import ABSENT, Change
 from fwd.policy.engine import Commit
@@ -24,16 +25,6 @@ _GEN_BYTE = 6  # the generation byte of a fwd_sets key's tag (fwd.policy.setkeys
 _U32 = struct.Struct("=I")
 _COUNTER = struct.Struct("=QQQQ")
 assert _COUNTER.size == ctypes.sizeof(abi.Counter)
-
-
-class TornCommit(RuntimeError):
-    """A commit failed after its flip: the new generation is live, the retired half
-    is stale. Not a FwdError on purpose: the agent must stop (and its restart adopt
-    and align the kernel), not go on answering as if nothing happened."""
-
-    def __init__(self, revision: int) -> None:
-        super().__init__(f"revision {revision} went live but settling the retired half failed")
-        self.revision = revision
 
 
 class MapLike(Protocol):
@@ -53,14 +44,6 @@ class MapLike(Protocol):
     def delete(self, key: bytes) -> bool: ...
 
     def lookup_batch(self, chunk: int = 4096) -> Iterator[tuple[bytes, bytes]]: ...
-
-
-@dataclass(frozen=True)
-class SlotCounters:
-    packets: int
-    bytes: int
-    would_drop_packets: int
-    would_drop_bytes: int
 
 
 class Dataplane:

@@ -7,6 +7,7 @@ who sends what to whom. Settings live in fwd.settings.
 from fwd.core.attach import AttachMode
 from fwd.messages.reply import (
     Reply,
+    request,
 )
 from fwd.messages.links import (
     InterfaceStatus,
@@ -23,14 +24,17 @@ from fwd.messages.datapath import (
     ApplyPolicy,
     ApplyRevision,
     DatapathCommand,
+    DatapathStatistics,
     DeleteRule,
     GetHistory,
     GetPolicy,
     GetStats,
     HistoryEntry,
+    LinkChanged,
     ListRules,
     ListSetElements,
     ListSets,
+    ReadCounters,
     RulePage,
     RuleSlot,
     RuleStats,
@@ -84,6 +88,7 @@ __all__ = [
     "ConfirmCommand",
     "ConfirmRevision",
     "DatapathCommand",
+    "DatapathStatistics",
     "DeleteClusterPolicy",
     "DeleteRule",
     "EventBatch",
@@ -96,6 +101,7 @@ __all__ = [
     "InterfaceStatus",
     "Labels",
     "LinkChange",
+    "LinkChanged",
     "LinkEvent",
     "LinkInfo",
     "LinkState",
@@ -108,6 +114,7 @@ __all__ = [
     "PendingConfirm",
     "PutClusterPolicy",
     "ReadClusterStatus",
+    "ReadCounters",
     "Reply",
     "RulePage",
     "RuleSlot",
@@ -122,4 +129,5 @@ __all__ = [
     "Subscribe",
     "Superseded",
     "SyncState",
+    "request",
 ]

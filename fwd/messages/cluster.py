@@ -96,6 +96,10 @@ class NodeView:
     last_error: str = ""
     version: str = ""
     updated: float = 0.0  # unix time
+    # Enforces exactly what etcd holds for it at the view's revision (the policies its
+    # labels select, at their mod revisions), though it may not have heard of later,
+    # unrelated writes (a node watches only policies/ and its own labels).
+    current: bool = False
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,13 @@ the requester awaits the other end with a deadline.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from anyio.streams.memory import MemoryObjectSendStream
 
+from fwd.core.counters import SlotCounters
+from fwd.messages.links import LinkEvent
 from fwd.messages.reply import Reply
 from fwd.policy.model import Policy, Rule, SetType
 
@@ -146,6 +149,22 @@ class RuleTable:
     rules: tuple[RuleSlot, ...] = ()
 
 @dataclass(frozen=True)
+class DatapathStatistics:
+    """Datapath -> metrics: the snapshot the actor publishes after each change (immutable)."""
+
+    applies: int = 0
+    failed_applies: int = 0
+    recompiles: int = 0
+    rule_changes: int = 0
+    set_changes: int = 0
+    revision: int = 0
+    entries: int = 0
+    tuples: int = 0
+    # The enforced policy's rule -> slot table for the metrics collector.
+    table: RuleTable = field(default_factory=RuleTable)
+
+
+@dataclass(frozen=True)
 class AddRule:
     """Insert ``rule`` and enforce it; only its own entries change.
 
@@ -245,6 +264,28 @@ class ListSetElements:
     reply: MemoryObjectSendStream[Reply[SetElementsPage]]
 
 
+@dataclass(frozen=True)
+class LinkChanged:
+    """Links -> Datapath: an interface appeared, went or was renamed (or a full resync).
+
+    Links sends it for a new interface *before* it attaches XDP there and waits for
+    the reply (the revision enforced after the recompile), so a rule naming the
+    interface is compiled before its first packet. A failed recompile answers
+    its error; the old entries stay.
+    """
+
+    event: LinkEvent
+    reply: MemoryObjectSendStream[Reply[int]]
+
+
+@dataclass(frozen=True)
+class ReadCounters:
+    """Metrics -> Datapath: the counters of these slots, summed over CPUs."""
+
+    slots: tuple[int, ...]
+    reply: MemoryObjectSendStream[Reply[Mapping[int, SlotCounters]]]
+
+
 DatapathCommand = (
     ApplyPolicy
     | GetPolicy
@@ -258,4 +299,6 @@ DatapathCommand = (
     | ListSetElements
     | ApplyRevision
     | GetHistory
+    | LinkChanged
+    | ReadCounters
 )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -20,7 +21,10 @@ class SlotNames:
     """
 
     revision: int
-    names: tuple[tuple[int, str], ...]
+    names: tuple[tuple[int, str], ...] | None  # None: unchanged since the last
+    # ifindex -> interface name, the live link table (events name their interface
+    # from it, not from a table captured when a subscription began).
+    interfaces: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,8 @@ class EventBatch:
 
     events: tuple[DropEvent, ...]
     lost: int = 0
+    # The interface names when the batch was read (shared, never mutated).
+    interfaces: Mapping[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

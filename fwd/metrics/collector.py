@@ -32,11 +32,11 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from fwd.actors.datapath import DatapathStatistics
+from fwd.messages import DatapathStatistics
 from fwd.actors.discovery import DiscoveryStatistics
 from fwd.actors.links import LinksStatistics
 from fwd.core import abi
-from fwd.kernel.dataplane import SlotCounters
+from fwd.core.counters import SlotCounters
 from fwd.actors.looplag import LoopLagStatistics
 from fwd.messages import InterfaceStatus, LinkState, RuleTable
 from fwd.metrics.kernel import VERDICTS, IfCounters

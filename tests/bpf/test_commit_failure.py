@@ -21,7 +21,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from fwd.kernel.dataplane import Dataplane, TornCommit
+from fwd.core.transaction import TornCommit
+from fwd.kernel.dataplane import Dataplane
 from fwd.errors import BpfError, CapacityError
 from fwd.policy.model import policy_from_dict
 from tests import strategies as S
@@ -68,7 +69,7 @@ def failing_after(dp: Dataplane, writes: int) -> Iterator[list[int]]:
         budget[0] = -1  # the repair itself is not what is tested for failure
         undo(*args)
 
-    dp._undo_inactive = unlimited  # type: ignore[method-assign]
+    dp._undo_inactive = unlimited  # type: ignore[assignment]
     try:
         yield budget
     finally:
@@ -171,7 +172,7 @@ def test_failure_after_the_flip_is_torn_not_an_error(plane: Plane) -> None:
         def wait(self) -> None:
             raise OSError(errno.EIO, "injected")
 
-    plane.dp._barrier = Broken()  # type: ignore[assignment]
+    plane.dp._barrier = Broken()
     try:
         with pytest.raises(TornCommit) as err:
             plane.dp.commit(pending.commit)

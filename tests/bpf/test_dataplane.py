@@ -18,6 +18,7 @@ import pytest
 from fwd.core import abi
 from fwd.kernel.objects import BpfObject, Program
 from fwd.kernel.rcu import RcuBarrier
+from fwd.core import transaction
 from fwd.kernel.dataplane import Dataplane
 from fwd.policy import reference
 from fwd.policy.engine import Engine, Pending
@@ -48,13 +49,8 @@ class Plane:
         return self.engine.slots
 
     def run(self, pending: Pending) -> None:
-        """Make a prepared operation live, as the Datapath does."""
-        try:
-            self.dp.commit(pending.commit)
-        except BaseException:
-            pending.abort()
-            raise
-        pending.finish()
+        """Make a prepared operation live: the Datapath's own sequence (no store here)."""
+        transaction.run(pending, self.dp)
 
     def install(self, policy: Policy) -> None:
         self.run(self.engine.apply(policy, ifindexes={"lo": LO}))

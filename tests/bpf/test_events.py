@@ -19,8 +19,9 @@ from fwd.core import abi
 from fwd.kernel.objects import BpfObject
 from fwd.kernel.ringbuf import RingBuffer, configure_events, kernel_event_stats, record_size
 from fwd.kernel.rcu import RcuBarrier
+from fwd.core import transaction
 from fwd.kernel.dataplane import Dataplane
-from fwd.core.records import decode
+from fwd.core.records import DropEvent, decode
 from fwd.policy.engine import Engine
 from fwd.policy.model import Action, policy_from_dict
 from tests import packets as P
@@ -60,23 +61,17 @@ class Plane:
 
     def install(self, doc: dict[str, object], *, audit: tuple[str, ...] = (), log_default: bool = False) -> None:
         rules = [
-            {**r, "audit": True} if r["id"] in audit else r  # type: ignore[index]
+            {**r, "audit": True} if r["id"] in audit else r
             for r in doc.get("rules", [])  # type: ignore[attr-defined]
         ]
         policy = policy_from_dict({**doc, "rules": rules, "log_default": log_default})
         pending = self.engine.apply(policy, ifindexes={"lo": LO})
-        assert pending is not None
-        try:
-            self.dp.commit(pending.commit)
-        except BaseException:
-            pending.abort()
-            raise
-        pending.finish()
+        transaction.run(pending, self.dp)
 
     def run(self, frame: bytes, repeat: int = 1) -> int:
         return self.prog.test_run(frame, repeat=repeat, data_out_size=0).retval
 
-    def events(self) -> list[object]:
+    def events(self) -> list[DropEvent]:
         names = {s: r for r, s in self.slots.items()}
         return [decode(r, names) for r in self.ring.consume(1 << 20)]
 

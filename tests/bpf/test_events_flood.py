@@ -26,6 +26,7 @@ from fwd.actors.events import Events
 from fwd.kernel.objects import BpfObject
 from fwd.kernel.ringbuf import RingBuffer, configure_events, kernel_event_stats
 from fwd.kernel.rcu import RcuBarrier
+from fwd.core import transaction
 from fwd.kernel.dataplane import Dataplane
 from fwd.messages import EventBatch, EventsCommand, Reply, SlotNames, Subscribe
 from fwd.core.records import EventFilter
@@ -51,10 +52,7 @@ async def test_flood_never_stalls_the_loop_and_every_event_is_accounted_for() ->
         dp = Dataplane(maps, maps["fwd_counters"].ncpus, barrier)
         policy = policy_from_dict({"rules": [{"id": "log-udp", "action": "drop", "protocol": "udp", "log": True}]})
         engine = Engine()
-        pending = engine.apply(policy, ifindexes={})
-        assert pending is not None
-        dp.commit(pending.commit)
-        pending.finish()
+        transaction.run(engine.apply(policy, ifindexes={}), dp)
         slots = engine.slots
         ring = RingBuffer(maps["fwd_events"].fd)
         actor = Events(ring, lambda: kernel_event_stats(maps["fwd_event_stats"]))

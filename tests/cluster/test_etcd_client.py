@@ -18,8 +18,9 @@ from tests.etcd import EtcdServer
 
 def test_parse_urls() -> None:
     assert parse_urls("http://127.0.0.1:2379, 198.18.0.1:3000") == [("127.0.0.1", 2379), ("198.18.0.1", 3000)]
-    with pytest.raises(EtcdError, match="only http"):
-        parse_urls("https://a:1")
+    assert parse_urls("https://a:1") == [("a", 1)]
+    with pytest.raises(EtcdError, match="expected https://"):
+        parse_urls("ftp://a:1")
     with pytest.raises(EtcdError, match="no etcd URL"):
         parse_urls(" , ")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -50,8 +50,8 @@ class WritesAfterGet(EtcdClient):
         self.delivered: list[int] = []
         self.armed = True
 
-    async def get_range(self, start: str, end: str) -> RangeResult:
-        result = await super().get_range(start, end)
+    async def get_ranges(self, ranges: Sequence[tuple[str, str]]) -> RangeResult:
+        result = await super().get_ranges(ranges)
         if self.armed:
             self.armed = False
             for i in range(3):
@@ -60,8 +60,10 @@ class WritesAfterGet(EtcdClient):
         return result
 
     @asynccontextmanager
-    async def watch(self, start: str, end: str, start_revision: int) -> AsyncIterator[AsyncIterator[WatchBatch]]:
-        async with super().watch(start, end, start_revision) as batches:
+    async def watch_ranges(
+        self, ranges: Sequence[tuple[str, str]], start_revision: int
+    ) -> AsyncIterator[AsyncIterator[WatchBatch]]:
+        async with super().watch_ranges(ranges, start_revision) as batches:
 
             async def recorded() -> AsyncIterator[WatchBatch]:
                 async for batch in batches:
@@ -98,16 +100,21 @@ async def test_selector_and_relabel_converge(etcd_server: EtcdServer) -> None:
         assert [r.id for r in later.datapath.policy.rules] == ["edge-only:block"]
         assert core.datapath.policy.rules == () and core.datapath.applied == []  # never touched
         # Relabel n2 into the selector and n1 out of it.
-        await put_labels(etcd, "n2", {"role": "edge"})
+        before = later.sync.statistics().batches
+        rev2 = await put_labels(etcd, "n2", {"role": "edge"})
         rev = await put_labels(etcd, "n1", {"role": "core"})
-        await wait_until(lambda: all(n.sync.state.synced_revision >= rev for n in everyone), what="relabel")
+        await wait_until(lambda: core.sync.state.synced_revision >= rev2 and edge.sync.state.synced_revision >= rev,
+                         what="relabel")  # fmt: skip
+        # Each node watches only its own labels: n3 heard of neither relabel.
+        await anyio.sleep(0.2)
+        assert later.sync.statistics().batches == before
         assert [r.id for r in core.datapath.policy.rules] == ["edge-only:block"]
         assert edge.datapath.policy.rules == ()
-        status = await status_when(etcd, "n2", lambda s: s["synced_revision"] >= rev)
+        status = await status_when(etcd, "n2", lambda s: s["synced_revision"] >= rev2)
         assert status["labels"] == {"role": "edge"}
         assert status["policies"] == [["edge-only", status["policies"][0][1]]]
         assert status["policy_hash"] == policy_hash(core.datapath.policy)
-        assert status["synced_revision"] >= rev and status["last_error"] == ""
+        assert status["synced_revision"] >= rev2 and status["last_error"] == ""
 
 
 @pytest.mark.asyncio
@@ -238,8 +245,8 @@ class CompactsAfterGet(EtcdClient):
         self.armed = True
         self.last = 0
 
-    async def get_range(self, start: str, end: str) -> RangeResult:
-        result = await super().get_range(start, end)
+    async def get_ranges(self, ranges: Sequence[tuple[str, str]]) -> RangeResult:
+        result = await super().get_ranges(ranges)
         if self.armed:
             self.armed = False
             for i in range(3):

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -163,7 +164,7 @@ def test_bad_input_names_the_field_and_keeps_the_policy(lab: Lab) -> None:
         return info.value
 
     for policy, field in cases:
-        err = lab.call(lambda c, p=policy: attempt(c, p, None))
+        err = lab.call(functools.partial(attempt, policy=policy, expect=None))
         assert err.status == Status.INVALID_ARGUMENT, err
         assert field in (err.message or ""), err.message
     stale = lab.call(lambda c: attempt(c, good, rev - 1))

@@ -12,6 +12,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -40,7 +41,7 @@ def links(ns: str) -> dict[str, int]:
     return {link["ifname"]: int(link["ifindex"]) for link in out}
 
 
-def settle(check: "callable[[], str]", timeout: float = 20.0) -> str:  # type: ignore[valid-type]
+def settle(check: Callable[[], str], timeout: float = 20.0) -> str:
     """Poll until ``check`` returns "" (no difference left) or the timeout passes."""
     deadline = time.monotonic() + timeout
     diff = check()

@@ -112,7 +112,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             workdir = tmp_path / f"n{i}"
             workdir.mkdir()
             agent = AgentProcess(
-                ns, workdir, net.pin_dir(), "--etcd", etcd.url, "--node", f"n{i}",
+                ns, workdir, net.pin_dir(), "--etcd", etcd.url, "--etcd-insecure", "--node", f"n{i}",
                 "--label", f"role={role}", "--exclude", "ctl0", "--lease-ttl", str(LEASE_TTL),
                 "--metrics", "",
             )  # fmt: skip

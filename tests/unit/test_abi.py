@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,6 +81,7 @@ def test_struct_layout_matches(struct_name: str) -> None:
     assert [f[0] for f in cls._fields_] == [f[0] for f in fields], "field order"
     offset, align = 0, 1
     py_types = {f[0]: f[1] for f in cls._fields_}
+    ctype: Any
     for name, ctype_name, length in fields:
         py_type = py_types[name]
         if ctype_name.startswith("struct"):  # a nested struct from this header

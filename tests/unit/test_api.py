@@ -366,7 +366,7 @@ def grpcio_stubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mod
 
 @pytest.mark.asyncio
 async def test_grpcio_client(tmp_path: Path, grpcio_stubs: tuple[ModuleType, ...]) -> None:
-    import grpc  # type: ignore[import-untyped]
+    import grpc
 
     pb2, pb2_grpc = grpcio_stubs
 

@@ -332,7 +332,7 @@ def test_agent_cluster_settings(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     monkeypatch.setitem(sys.modules, "fwd.agent", fake)
     monkeypatch.setattr(fwd, "agent", fake, raising=False)
     code = main(["agent", "--etcd", "http://198.18.0.1:2379,198.18.0.2:2379", "--node", "edge-1",
-                 "--label", "role=edge", "--label", "zone=a", "--lease-ttl", "5"])  # fmt: skip
+                 "--label", "role=edge", "--label", "zone=a", "--lease-ttl", "5", "--etcd-insecure"])  # fmt: skip
     assert code == 0
     s = seen["settings"]
     assert s.cluster and s.etcd_endpoints == ("http://198.18.0.1:2379", "198.18.0.2:2379")
@@ -341,10 +341,15 @@ def test_agent_cluster_settings(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     # Local mode by default; cluster flags without --etcd, bad labels and URLs are usage errors.
     assert main(["agent"]) == 0 and not seen["settings"].cluster
     for argv, why in [
-        (["--node", "x"], "need --etcd"),
-        (["--etcd", "http://198.18.0.1:2379", "--label", "role"], "not key=value"),
-        (["--etcd", "https://198.18.0.1:2379"], "only http://HOST:PORT"),
-        (["--etcd", "http://198.18.0.1:2379", "--node", "a/b"], "invalid node name"),
+        (["--node", "x"], "--node needs --etcd"),
+        (["--etcd-cert", "x.pem"], "--etcd-cert needs --etcd"),
+        (["--etcd", "http://198.18.0.1:2379", "--etcd-insecure", "--label", "role"], "not key=value"),
+        (["--etcd", "ftp://198.18.0.1:2379"], "expected https://HOST:PORT"),
+        (["--etcd", "http://198.18.0.1:2379"], "plain text"),
+        (["--etcd", "https://198.18.0.1:2379", "--etcd-insecure"], "--etcd-insecure: only with http://"),
+        (["--etcd", "https://198.18.0.1:2379", "--etcd-cert", "/nonexistent.pem"], "--etcd-key: needed"),
+        (["--etcd", "https://198.18.0.1:2379", "--etcd-ca", "/nonexistent.pem"], "no such file"),
+        (["--etcd", "http://198.18.0.1:2379", "--etcd-insecure", "--node", "a/b"], "invalid node name"),
     ]:
         seen.clear()
         assert main(["agent", *argv]) == 2

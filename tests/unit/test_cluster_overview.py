@@ -63,3 +63,30 @@ def test_wait_state_counts_only_live_selected_nodes() -> None:
     assert wait_state(view, 25, parse_selector("role=edge").matches).done
     everyone = wait_state(view, 25, parse_selector("").matches)
     assert everyone.behind == (("c", 1),)
+
+
+def test_a_node_that_enforces_what_etcd_holds_for_it_is_current() -> None:
+    """A node hears only of writes that concern it: one that enforces exactly the
+    policies its labels select now has no lag, whatever its synced revision."""
+    from fwd.cluster.layout import decode_policy_record, encode_policy_record
+    from fwd.policy.model import policy_from_dict
+
+    value = encode_policy_record("role=edge", 10, policy_from_dict({"rules": []}))
+    policies = [decode_policy_record("edge", value, 5)]
+    view = cluster_view(
+        30,
+        labels={"a": encode_labels({"role": "edge"}), "b": encode_labels({"role": "core"}),
+                "c": encode_labels({"role": "edge"})},  # fmt: skip
+        statuses={"a": status("a", 18, role="edge"), "b": status("b", 18, role="edge"),
+                  "c": status("c", 29, role="core")},  # fmt: skip
+        policies=policies,
+    )
+    nodes = {n.node: n for n in view.nodes}
+    assert nodes["a"].current and nodes["a"].lag == 0 and nodes["a"].synced_revision == 18
+    # b was relabelled out of "edge" and still enforces it; c's record has stale labels.
+    assert not nodes["b"].current and nodes["b"].lag == 12
+    assert not nodes["c"].current and nodes["c"].lag == 1
+    everyone = wait_state(view, 30, parse_selector("").matches)
+    assert everyone.behind == (("b", 18), ("c", 29))
+    # Current at the view's revision says nothing about a revision after it.
+    assert wait_state(view, 31, parse_selector("role=edge").matches).behind == (("a", 18), ("c", 29))

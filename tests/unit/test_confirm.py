@@ -46,7 +46,7 @@ async def running(state: Path) -> AsyncIterator[tuple[FakeDatapath, anyio.abc.Ob
 async def apply(datapath: FakeDatapath, policy: object) -> int:
     tx, rx = anyio.create_memory_object_stream[Reply](1)  # type: ignore[type-arg]
     reply = datapath.apply(ApplyPolicy(policy, None, tx))  # type: ignore[arg-type]
-    return reply.unwrap().revision  # type: ignore[no-any-return]
+    return reply.unwrap().revision
 
 
 async def ask(cf: anyio.abc.ObjectSendStream[ConfirmCommand], make: object) -> Reply[PendingConfirm]:

@@ -57,6 +57,9 @@ class FakeAttacher:
         link = self.links[ifindex] = FakeLink(ifindex, 100 + ifindex)
         return link, AttachMode.NATIVE
 
+    def adopt(self, prog_fd: int, path: Path) -> tuple[FakeLink, AttachMode]:
+        raise OSError(2, "no link pinned here is ours (a fake never adopts)")
+
     def detach(self, link: AttachedLink) -> None:
         assert isinstance(link, FakeLink)
         self.calls.append(("detach", link.ifindex))
@@ -164,14 +167,23 @@ def test_stale_pin_is_replaced(tmp_path: Path) -> None:
 async def _run_and_stop(links: Links) -> tuple[InterfaceStatus, ...]:
     ev_tx, ev_rx = anyio.create_memory_object_stream[LinkEvent](math.inf)
     rq_tx, rq_rx = anyio.create_memory_object_stream[ListInterfaces](1)
-    reply_tx, reply_rx = anyio.create_memory_object_stream[Reply[tuple[InterfaceStatus, ...]]](1)
-    async with ev_tx, rq_tx, reply_rx, anyio.create_task_group() as tg:
+    async with ev_tx, rq_tx, anyio.create_task_group() as tg:
         await tg.start(links.run, ev_rx, rq_rx)
         await ev_tx.send(LinkEvent(LinkChange.RESYNC, links=(LinkInfo(1, "lo", True),)))
         await ev_tx.send(added(3, "v1"))
-        await rq_tx.send(ListInterfaces(reply=reply_tx))
+        # Attaching runs in the interface's own task (and a worker thread): ask
+        # until it is done.
         with anyio.fail_after(1):
-            answer = (await reply_rx.receive()).unwrap()
+            while True:
+                reply_tx, reply_rx = anyio.create_memory_object_stream[
+                    Reply[tuple[InterfaceStatus, ...]]
+                ](1)
+                with reply_rx:
+                    await rq_tx.send(ListInterfaces(reply=reply_tx))
+                    answer = (await reply_rx.receive()).unwrap()
+                if len(answer) == 2 and answer[1].state is LinkState.ATTACHED:
+                    break
+                await anyio.sleep(0.005)
         tg.cancel_scope.cancel()
     return answer
 

@@ -26,12 +26,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fwd.core.records import KernelEventStats
 from fwd.actors.looplag import LagHistogram, LoopLagMonitor, LoopLagStatistics
-from fwd.actors.datapath import DatapathStatistics, rule_table
+from fwd.messages import DatapathStatistics
+from fwd.core.tables import rule_table
 from fwd.actors.discovery import DiscoveryStatistics
 from fwd.actors.links import LinksStatistics
 from fwd.metrics.grpc import GrpcMetrics
 from fwd.core import abi
-from fwd.kernel.dataplane import Dataplane, SlotCounters
+from fwd.core.counters import SlotCounters
+from fwd.kernel.dataplane import Dataplane
 from fwd.messages import AttachMode, InterfaceStatus, LinkState, RuleSlot, RuleTable
 from fwd.metrics.addr import parse_addr
 from fwd.metrics.collector import AgentCollector, BuildInfo, Snapshot
@@ -85,6 +87,10 @@ class FakeCounters:
     def read_counters_batch(self, slots: Sequence[int]) -> dict[int, SlotCounters]:
         self.asked.append(list(slots))
         return {s: self.counters[s] for s in slots if s in self.counters}
+
+    async def read(self, slots: Sequence[int]) -> dict[int, SlotCounters]:
+        """As the agent's reader does it: asked on the event loop (of the Datapath)."""
+        return self.read_counters_batch(slots)
 
 
 def lag_samples() -> LoopLagStatistics:
@@ -382,7 +388,7 @@ async def test_endpoint_serves_from_a_thread_and_snapshots_on_the_loop() -> None
 
     registry = CollectorRegistry()
     server = MetricsServer(
-        "127.0.0.1:0", registry, snapshot=take, counters=FakeCounters(COUNTERS)
+        "127.0.0.1:0", registry, snapshot=take, counters=FakeCounters(COUNTERS).read
     )
     async with anyio.create_task_group() as tg:
         await tg.start(server.run)
@@ -446,7 +452,7 @@ def test_cli_metrics_option(capsys: pytest.CaptureFixture[str]) -> None:
 def test_scrapes_run_one_at_a_time_with_the_gc_paused() -> None:
     import gc
 
-    from fwd.actors.metrics import serialised_without_gc
+    from fwd.metrics.http import serialised_without_gc
 
     seen: list[bool] = []
 
@@ -477,7 +483,7 @@ async def test_address_in_use_is_a_clear_error() -> None:
         port = taken.getsockname()[1]
         registry = CollectorRegistry()
         server = MetricsServer(
-            f"127.0.0.1:{port}", registry, snapshot=snapshot, counters=FakeCounters(COUNTERS)
+            f"127.0.0.1:{port}", registry, snapshot=snapshot, counters=FakeCounters(COUNTERS).read
         )
         with pytest.raises(MetricsAddressError, match=f"cannot listen on 127.0.0.1:{port}"):
             await server.run()

@@ -59,5 +59,8 @@ class EventService(pb.EventServiceBase):
             async for batch in batches:
                 # Hand-encoded: betterproto2 objects per event cannot keep up with a flood.
                 # One encoder for every subscription: shared batches are encoded once.
-                encoded = self._api.batch_encoder.encode(batch.events, names, batch.lost)
+                # Interfaces are named from the live link table the batch carries; the
+                # table at subscription time only stands in while none has come yet.
+                named = batch.interfaces or names
+                encoded = self._api.batch_encoder.encode(batch.events, named, batch.lost)
                 yield EncodedEventBatch(encoded)
