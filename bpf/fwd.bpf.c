@@ -103,6 +103,11 @@ const volatile struct fwd_event_config fwd_event_config SEC(".rodata.events") = 
 	.burst = FWD_EVENT_BURST,
 };
 
+/* The failsafe: set before load (map ".rodata.failsafe"); empty by default. */
+const volatile struct fwd_failsafe_config fwd_failsafe SEC(".rodata.failsafe") = {
+	.count = 0,
+};
+
 /* ---- header layouts not exported by the uapi headers -------------------- */
 
 #define ETH_P_8021Q_ 0x8100
@@ -667,6 +672,43 @@ static __always_inline int finish(const struct fwd_key *key, __u32 slot, __u8 ac
 	return verdict == FWD_VERDICT_DROP ? XDP_DROP : XDP_PASS;
 }
 
+/*
+ * Whether the failsafe keeps this packet: its protocol and port (destination,
+ * or source for replies) equal an entry's, and its source the entry's address
+ * when the entry names one. Read-only settings: with count 0 the verifier
+ * drops the whole check.
+ */
+static __always_inline int failsafe_match(const struct fwd_key *key)
+{
+	__u32 i, n = fwd_failsafe.count;
+
+	if (!n || !(key->l4 & FWD_L4_PORTS))
+		return 0;
+	for (i = 0; i < FWD_MAX_FAILSAFE; i++) {
+		const volatile struct fwd_failsafe_entry *e = &fwd_failsafe.entries[i];
+		const __u32 *want, *src = (const __u32 *)key->src;
+		__u16 port;
+
+		if (i >= n)
+			break;
+		if (e->proto != key->proto)
+			continue;
+		port = (e->flags & FWD_FAILSAFE_SPORT) ? key->sport : key->dport;
+		if (port != e->port)
+			continue;
+		if (e->flags & FWD_FAILSAFE_ADDR) {
+			want = (const __u32 *)e->addr;
+			if (!e->v6 != !(key->l4 & FWD_L4_IPV6))
+				continue;
+			if (src[0] != want[0] || src[1] != want[1] || src[2] != want[2] ||
+			    src[3] != want[3])
+				continue;
+		}
+		return 1;
+	}
+	return 0;
+}
+
 /* ---- the program ---------------------------------------------------------- */
 
 SEC("xdp")
@@ -681,7 +723,7 @@ int fwd_xdp(struct xdp_md *ctx)
 	struct classify_ctx cc;
 	__u32 zero = 0, gen = 0, slot;
 	__u8 action, gflags = 0, default_action = FWD_ACT_ALLOW, evflags;
-	int kind, would_drop, found = 0, log;
+	int kind, would_drop, found = 0, kept = 0, log;
 
 	/* 1. Parse into a fully zeroed key (pad and unset fields must be 0:
 	 *    the key is hashed as raw bytes). */
@@ -739,6 +781,16 @@ int fwd_xdp(struct xdp_md *ctx)
 		would_drop = action == FWD_ACT_DROP &&
 			     ((gflags & FWD_GEN_DRY_RUN) ||
 			      (found && (cc.best.flags & FWD_RULE_AUDIT)));
+
+		/* 4c. The failsafe: a drop (or would-be drop) of traffic no policy
+		 *     may drop passes, counted in its own slot. Checked only on
+		 *     drops, so allowed traffic keeps its rule's counter. */
+		if (action == FWD_ACT_DROP && failsafe_match(&cc.key)) {
+			kept = 1;
+			slot = FWD_SLOT_FAILSAFE;
+			action = FWD_ACT_ALLOW;
+			would_drop = 0;
+		}
 	}
 
 	/* 5. Count, log, then decide: a would-be drop passes. */
@@ -746,6 +798,8 @@ int fwd_xdp(struct xdp_md *ctx)
 		  (would_drop ? FWD_EV_WOULD_DROP : 0);
 	if (kind == PKT_MALFORMED) {
 		evflags |= FWD_EV_MALFORMED;
+		log = 0;
+	} else if (kept) {
 		log = 0;
 	} else if (found) {
 		log = !!(cc.best.flags & FWD_RULE_LOG);

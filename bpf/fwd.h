@@ -74,6 +74,7 @@
 #define FWD_SLOT_DEFAULT 0         /* no rule matched: the default action */
 #define FWD_SLOT_MALFORMED 1       /* truncated / invalid headers: dropped */
 #define FWD_SLOT_NON_IP 2          /* not IPv4/IPv6 (ARP, LLDP...): passed */
+#define FWD_SLOT_FAILSAFE 3        /* a drop the failsafe turned into a pass */
 #define FWD_SLOT_FIRST_RULE 16
 
 /* Set directions (fwd_gen_config.set_dirs). */
@@ -237,6 +238,31 @@ struct fwd_event_config {
 struct fwd_event_bucket {
 	__u64 credit;     /* tokens * 1e9 (one record costs 1e9) */
 	__u64 last_ns;    /* last refill */
+};
+
+/*
+ * The failsafe (fwd agent --failsafe), a const volatile in section
+ * .rodata.failsafe set before load: traffic no policy may drop (inbound SSH,
+ * the agent's own listener, replies from etcd). A packet a policy would drop
+ * passes when an entry matches it, and is counted in FWD_SLOT_FAILSAFE.
+ */
+#define FWD_MAX_FAILSAFE 16
+#define FWD_FAILSAFE_SPORT (1 << 0) /* match the source port (replies from a server) */
+#define FWD_FAILSAFE_ADDR (1 << 1)  /* and the source address, family included */
+
+struct fwd_failsafe_entry {
+	__u8 proto;       /* IPPROTO_TCP / UDP / SCTP */
+	__u8 flags;       /* FWD_FAILSAFE_* */
+	__u16 port;       /* host order: destination port, or source with _SPORT */
+	__u8 addr[16];    /* with _ADDR: the source, IPv4-mapped for IPv4 */
+	__u8 v6;          /* with _ADDR: 1 for an IPv6 address */
+	__u8 pad[3];
+};
+
+struct fwd_failsafe_config {
+	__u32 count;      /* entries in use (0: no failsafe) */
+	__u32 pad;
+	struct fwd_failsafe_entry entries[FWD_MAX_FAILSAFE];
 };
 
 #endif /* FWD_H */

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import functools
 import gc
+import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +28,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 from prometheus_client import CollectorRegistry
 
+from fwd.policy import failsafe
 from fwd import log as fwdlog
 from fwd import systemd
 from fwd.actors.confirm import Confirmer
@@ -33,6 +36,7 @@ from fwd.actors.datapath import Datapath
 from fwd.actors.discovery import Discovery
 from fwd.actors.events import Events
 from fwd.actors.links import Links
+from fwd.core.agentlock import AgentLock, AlreadyRunning
 from fwd.metrics.grpc import GrpcMetrics
 from fwd.actors.api import Api
 from fwd.kernel import pins
@@ -61,7 +65,6 @@ from fwd.settings import Settings
 from fwd.metrics.collector import Snapshot
 from fwd.metrics.kernel import IF_STATS_MAP, read_if_stats
 from fwd.actors.metrics import MetricsServer
-from fwd.policy.lockout import Service, check_lockout, parse_prefixes
 from fwd.policy.model import Policy
 from fwd.store import SqliteStore
 
@@ -96,17 +99,28 @@ async def _signals(scope: anyio.CancelScope) -> None:
             return
 
 
-async def serve(settings: Settings, obj_path: Path | None = None) -> None:
-    """Run every actor until cancelled; raises if one of them fails."""
+async def serve(
+    settings: Settings, obj_path: Path | None = None, lock: AgentLock | None = None
+) -> None:
+    """Run every actor until cancelled; raises if one of them fails.
+
+    ``lock`` holds the state directory; the pin directory is locked here too, once
+    a bpffs is mounted above it (it could not be made before that).
+    """
     bpffs = Path(settings.bpffs_dir) if settings.pin else None
     if bpffs is not None:
         _prepare_bpffs(bpffs)
+        if lock is not None:
+            lock.pin_dir(bpffs)
     else:
         log.warning("pinning_disabled", reason="--no-pin: enforcement ends with this agent")
     obj_path = obj_path or default_object_path()
     log.info("bpf_object", path=str(obj_path))
     with BpfObject.open(obj_path) as obj:
         configure_events(obj, rate=settings.event_rate, burst=settings.event_burst)
+        kept = failsafe.entries(settings)
+        failsafe.configure(obj, kept)
+        log.info("failsafe", entries=[str(e) for e in kept])
         if bpffs is not None:
             reuse = pins.reuse_pinned(obj, bpffs)
         else:
@@ -283,25 +297,36 @@ def _prepare_bpffs(pin_dir: Path) -> None:
 
 
 def lockout_guard(settings: Settings) -> Callable[[Policy], None] | None:
-    """The anti-lockout check for the Datapath, or None when no management prefix is set.
+    """The anti-lockout check for the Datapath (fwd/policy/failsafe.py: ``guard``), or None.
 
-    Parsed at start: a bad --mgmt-prefix or --mgmt-service stops the agent with a message.
+    Parsed at start: a bad --failsafe, --mgmt-prefix or --mgmt-service stops the
+    agent with a message.
     """
-    if not settings.mgmt_prefixes:
-        return None
-    prefixes = parse_prefixes(settings.mgmt_prefixes)
-    services = [Service.parse(s) for s in settings.mgmt_services]
-    return functools.partial(check_lockout, prefixes=prefixes, services=services)
+    return failsafe.guard(settings, failsafe.entries(settings))
 
 
 def run(settings: Settings, *, log_level: str = "info") -> int:
     """Entry point of ``fwd agent``: returns the process exit code."""
+    # One agent per state, decided before anything is logged or touched: a second
+    # agent says who runs in one line and exits, leaving links and pins alone.
+    lock = AgentLock()
+    try:
+        lock.state_dir(settings.state_dir)
+        if settings.pin and os.path.isdir(settings.bpffs_dir):
+            lock.pin_dir(settings.bpffs_dir)  # else once serve() has the bpffs mounted
+    except (AlreadyRunning, OSError) as exc:
+        lock.close()
+        what = exc if isinstance(exc, AlreadyRunning) else f"cannot lock the state: {exc}"
+        print(f"fwd: {what}", file=sys.stderr)
+        return 1
     fwdlog.configure(log_level)
     log.info("agent_starting", state_dir=settings.state_dir, bpffs=settings.bpffs_dir)
     try:
-        anyio.run(serve, settings)
+        anyio.run(serve, settings, None, lock)
     except BaseException as exc:  # noqa: BLE001 - the process boundary: log, exit code
         return _failed(exc)
+    finally:
+        lock.close()
     log.info("agent_stopped")
     return 0
 

@@ -30,6 +30,9 @@ class Settings:
     # not be dropped by any policy unless the apply says force.
     mgmt_prefixes: tuple[str, ...] = ()
     mgmt_services: tuple[str, ...] = ("tcp/22",)
+    # The failsafe (fwd/policy/failsafe.py): --failsafe values, each a comma-separated
+    # list of entries ("tcp/22"); all empty turns it off.
+    failsafe: tuple[str, ...] = ("tcp/22",)
     # Largest request message the API reads (a 100,000-rule policy is ~6 MB).
     max_request_bytes: int = 64 * 1024 * 1024
     # fwd agent --dry-run: every policy is enforced in dry-run (nothing is dropped).

@@ -28,7 +28,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from fwd import heap
 from fwd.core import tables, transaction
 from fwd.core.counters import SlotCounters
-from fwd.errors import FwdError, PolicyError, RevisionMismatch
+from fwd.errors import FwdError, NotFound, PolicyError, RevisionMismatch
 from fwd.kernel.dataplane import Dataplane
 from fwd.messages import (
     AddRule,
@@ -187,9 +187,10 @@ class Datapath:
         reply: Any
         e = self._engine
         if isinstance(command, ApplyPolicy):
+            wanted = self._enforceable(command.policy)
             reply = await self._mutate(
                 command.expect_revision,
-                lambda: e.apply(self._enforceable(command.policy)),
+                lambda: None if command.unchanged_ok and e.policy == wanted else e.apply(wanted),
                 force=command.force,
             )
             self._count(reply, "applies")
@@ -199,6 +200,8 @@ class Datapath:
                 force=command.force,
             )
             self._count(reply, "rule_changes")
+        elif isinstance(command, DeleteRule) and e.index_of(command.rule_id) is None:
+            reply = Reply(error=NotFound(f"rule_id: no rule with id {command.rule_id!r}"))
         elif isinstance(command, DeleteRule):
             reply = await self._mutate(
                 command.expect_revision, lambda: e.delete_rule(command.rule_id), "rule_deleted",
@@ -206,20 +209,12 @@ class Datapath:
             )
             self._count(reply, "rule_changes")
         elif isinstance(command, (SetAddElements, SetRemoveElements)):
-            adding = isinstance(command, SetAddElements)
-            elements = command.elements
-            reply = await self._mutate(
-                command.expect_revision,
-                lambda: e.change_set(command.set_name, elements if adding else (),
-                                     () if adding else elements),  # fmt: skip
-                "set_changed",
-                force=command.force,
-            )
+            reply = await self._change_set(command)
             self._count(reply, "set_changes")
         elif isinstance(command, GetPolicy):
             reply = Reply(Applied(e.revision, e.policy, self._adoption))
         elif isinstance(command, GetStats):
-            reply = Reply(self._read_stats())
+            reply = Reply(self._read_stats(command.offset, command.limit))
         elif isinstance(command, ListRules):
             reply = tables.rule_page(e.revision, e.policy.rules, command.offset, command.limit)
         elif isinstance(command, ListSets):
@@ -276,7 +271,31 @@ class Datapath:
         entries = tuple(tables.history_entry(s.revision, s.applied_at, s.policy) for s in page)
         return Reply((entries, total))
 
+    async def _change_set(self, cmd: SetAddElements | SetRemoveElements) -> Reply[Applied]:
+        """Add or remove elements; when none would change, no revision is made."""
+        adding = isinstance(cmd, SetAddElements)
+        named = self._engine.policy.set_named(cmd.set_name)
+        if named is None:
+            return Reply(error=NotFound(f"set: no set named {cmd.set_name!r}"))
+        try:
+            changed, unchanged = named.count_change(cmd.elements, adding)
+        except PolicyError as err:
+            return Reply(error=err)
+        reply = await self._mutate(
+            cmd.expect_revision,
+            lambda: None if not changed else self._engine.change_set(
+                cmd.set_name, cmd.elements if adding else (), () if adding else cmd.elements
+            ),
+            "set_changed",
+            force=cmd.force,
+        )
+        if reply.value is None:
+            return reply
+        return Reply(replace(reply.value, elements_changed=changed, elements_unchanged=unchanged))
+
     def _count(self, reply: Reply[Applied], what: str) -> None:
+        if reply.value is not None and reply.value.unchanged:
+            return  # nothing was applied
         if reply.error is not None:
             what = "failed_applies" if what == "applies" else ""
         if what:
@@ -307,13 +326,13 @@ class Datapath:
         if expect_revision is not None and expect_revision != current:
             return Reply(error=RevisionMismatch(expect_revision, current))
         try:
-            await self._change(prepare, persist=True, force=force)
+            changed = await self._change(prepare, persist=True, force=force)
         except FwdError as e:
             log.warning("change_refused", revision=current, error=str(e))
             return Reply(error=e)
-        log.info(event, revision=self._engine.revision,
+        log.info(event if changed else "change_unchanged", revision=self._engine.revision,
                  rules=len(self._engine.policy.rules))  # fmt: skip
-        return Reply(Applied(self._engine.revision, self._engine.policy))
+        return Reply(Applied(self._engine.revision, self._engine.policy, unchanged=not changed))
 
     async def _change(
         self,
@@ -393,7 +412,7 @@ class Datapath:
         e = self._engine
         named = e.policy.set_named(cmd.set_name)
         if named is None:
-            return Reply(error=PolicyError("set", f"no set named {cmd.set_name!r}"))
+            return Reply(error=NotFound(f"set: no set named {cmd.set_name!r}"))
         if (bad := tables.check_page(cmd.offset, cmd.limit)) is not None:
             return Reply(error=bad)
         # Sorting a big set once per version, not once per page.
@@ -411,8 +430,9 @@ class Datapath:
         except FwdError as e:
             return Reply(error=e)
 
-    def _read_stats(self) -> tuple[RuleStats, ...]:
+    def _read_stats(self, offset: int = 0, limit: int = 0) -> tuple[RuleStats, ...]:
         e = self._engine
-        # Every rule's slot: batch lookups (a few syscalls) instead of one per slot.
-        counters = self._dp.read_counters_batch(tables.stat_slots(e.policy, e.slots))
-        return tables.rule_stats(e.policy, e.slots, counters)
+        # The page's slots only: batch lookups (a few syscalls) instead of one per slot.
+        wanted = tables.stat_slots(e.policy, e.slots, offset, limit)
+        counters = self._dp.read_counters_batch(wanted)
+        return tables.rule_stats(e.policy, e.slots, counters, offset, limit)

@@ -9,10 +9,11 @@ from ssl import SSLContext
 from types import TracebackType
 from typing import Self, TypeVar
 
-from grpclib.client import Channel
+from grpclib.client import Channel, UnaryUnaryMethod
 
 from fwd.api import convert
 from fwd.api.gen.fwd import v1 as pb
+from fwd.api.statswire import DecodedStatsPage, StatsRow
 from fwd.errors import FwdError
 from fwd.policy.model import Policy
 
@@ -98,13 +99,22 @@ class Client:
     ) -> int:
         """Enforce ``policy``; returns the new revision (in cluster mode: write it to
         etcd as ``name`` for the nodes ``selector`` picks, and return the etcd revision)."""
+        response = await self.apply_policy_reply(
+            policy, expect_revision, force=force, name=name, selector=selector, priority=priority
+        )
+        return response.revision
+
+    async def apply_policy_reply(
+        self, policy: Policy, expect_revision: int | None = None, *, force: bool = False,
+        name: str | None = None, selector: str | None = None, priority: int | None = None,
+    ) -> pb.ApplyPolicyResponse:
+        """``apply_policy``, returning the whole reply (``unchanged``: no revision made)."""
         stub = pb.PolicyServiceStub(self.channel, timeout=self.timeout)
         request = pb.ApplyPolicyRequest(
             policy=convert.policy_to_proto(policy), expect_revision=expect_revision, force=force,
             name=name or "", selector=selector or "", priority=priority,
         )
-        response = await self._call(stub.apply_policy(request))
-        return response.revision
+        return await self._call(stub.apply_policy(request))
 
     async def apply_policy_confirmed(
         self, policy: Policy, confirm_within: int, expect_revision: int | None = None,
@@ -174,6 +184,23 @@ class Client:
             token = response.next_page_token
             if not token:
                 return stats
+
+    async def rule_stats_rows(self, page_size: int = 50_000) -> list[StatsRow]:
+        """Every rule's counters, decoded by hand (fwd/api/statswire.py): 100,000 rules
+        in well under a second, where betterproto2 takes seconds."""
+        method = UnaryUnaryMethod[pb.ListRuleStatsRequest, DecodedStatsPage](
+            self.channel, "/fwd.v1.StatsService/ListRuleStats", pb.ListRuleStatsRequest,
+            DecodedStatsPage,
+        )
+        rows: list[StatsRow] = []
+        token = ""
+        while True:
+            request = pb.ListRuleStatsRequest(page_size=page_size, page_token=token)
+            page = await self._call(method(request, timeout=self.timeout))
+            rows.extend(page.stats)
+            token = page.next_page_token
+            if not token:
+                return rows
 
     async def _call(self, call: Awaitable[R]) -> R:
         """Await one RPC, turning "nobody listens" into AgentUnreachable."""

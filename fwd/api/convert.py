@@ -58,6 +58,9 @@ def rule_to_dict(rule: pb.Rule) -> dict[str, Any]:
         values: list[str] = getattr(rule, key)
         if values:
             raw[key] = list(values)
+    for key in ("src_ports", "dst_ports"):  # one port is a number, as in policy files
+        if key in raw:
+            raw[key] = [int(v) if v.isascii() and v.isdigit() else v for v in raw[key]]
     if rule.log:
         raw["log"] = True
     if rule.audit:
@@ -155,7 +158,8 @@ def policy_to_proto(policy: model.Policy) -> pb.Policy:
         rules=rules,
         log_default=bool(raw.get("log_default", False)),
         sets=[
-            pb.NamedSet(name=name, type=_SET_TYPE_PROTOS[s["type"]], elements=list(s["elements"]))
+            pb.NamedSet(name=name, type=_SET_TYPE_PROTOS[s["type"]],
+                        elements=[str(e) for e in s["elements"]])
             for name, s in raw.get("sets", {}).items()
         ],
     )

@@ -220,9 +220,11 @@ class Gateway:
         policy: pb.Policy | policystream.StreamedPolicy | None,
         expect_revision: int | None,
         force: bool = False,
+        unchanged_ok: bool = True,
     ) -> messages.Applied:
         """Validate ``policy`` (INVALID_ARGUMENT names the field), check it cannot lock out
-        management access (FAILED_PRECONDITION unless ``force``), and have it enforced."""
+        management access (FAILED_PRECONDITION unless ``force``), and have it enforced
+        (a policy equal to the enforced one makes no revision when ``unchanged_ok``)."""
         with grpc_errors("apply"):
             model = convert.policy_from_proto(policy)
         if policy is not None:
@@ -233,14 +235,19 @@ class Gateway:
         return await self.ask(
             self._datapath,
             lambda r: messages.ApplyPolicy(
-                policy=model, expect_revision=expect_revision, reply=r, force=force
+                policy=model, expect_revision=expect_revision, reply=r, force=force,
+                unchanged_ok=unchanged_ok,
             ),
             "datapath",
         )
 
-    async def rule_stats(self) -> tuple[messages.RuleStats, ...]:
-        """Every rule's counters, in policy order."""
-        return await self.ask(self._datapath, lambda r: messages.GetStats(reply=r), "datapath")
+    async def rule_stats(self, offset: int = 0, limit: int = 0) -> tuple[messages.RuleStats, ...]:
+        """Counters of rows ``offset`` .. ``offset + limit`` (reserved slots, then the rules
+        in policy order; ``limit`` 0: all)."""
+        return await self.ask(
+            self._datapath, lambda r: messages.GetStats(reply=r, offset=offset, limit=limit),
+            "datapath",
+        )
 
     async def interfaces(self) -> tuple[messages.InterfaceStatus, ...]:
         """Every interface the Links actor knows."""

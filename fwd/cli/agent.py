@@ -18,6 +18,16 @@ from fwd.settings import Settings
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def _failsafe_list(text: str) -> str:
+    from fwd.policy.failsafe import FailsafeError, parse
+
+    try:
+        parse(text)
+    except FailsafeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _agent(args: argparse.Namespace) -> int:
     if args.cleanup:
         from fwd.kernel.cleanup import cleanup
@@ -51,6 +61,7 @@ def _agent(args: argparse.Namespace) -> int:
         listen=args.listen,
         mgmt_prefixes=tuple(args.mgmt_prefix),
         mgmt_services=tuple(args.mgmt_service) or Settings().mgmt_services,
+        failsafe=Settings().failsafe if args.failsafe is None else tuple(args.failsafe),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
@@ -193,6 +204,17 @@ def register(sub: Any) -> None:
         default=[],
         metavar="PROTO/PORT",
         help="a management service to protect, e.g. tcp/22 (default: tcp/22); repeatable",
+    )
+    agent.add_argument(
+        "--failsafe",
+        action="append",
+        type=_failsafe_list,
+        metavar="LIST",
+        help="traffic no policy can drop, as Calico's failsafe ports: PROTO/PORT (to this "
+        "node) or PROTO/sport:PORT@ADDRESS (replies from a server), comma-separated; the "
+        "etcd endpoints' replies and the --listen port are added; '' turns the failsafe off "
+        "(then a policy that could drop tcp/22 needs 'fwd policy apply --force') "
+        "(default: tcp/22)",
     )
     agent.add_argument(
         "--listen",

@@ -185,7 +185,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     label.add_argument("labels", nargs="*", type=_label_item, metavar="KEY=VALUE")
     label.add_argument("--remove", action="append", default=[], metavar="KEY",
                        help="remove label KEY; repeatable")  # fmt: skip
-    label.set_defaults(client=_label)
+    label.set_defaults(client=_label, write="the label change")
 
     policies = csub.add_parser(
         "policies", parents=[common, etcd], help="the policies stored in etcd, in merge order",
@@ -199,6 +199,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     delete.add_argument("name", metavar="NAME")
     delete.add_argument("--expect-revision", type=revision_arg, metavar="N",
                         help="only if N is the policy's mod revision")  # fmt: skip
-    delete.set_defaults(client=_delete)
+    delete.set_defaults(client=_delete, write="the delete")
 
     register_init(csub)

@@ -9,6 +9,9 @@ from collections.abc import Callable
 from fwd.api.client import SOCKET_ENV, default_socket
 
 
+DEFAULT_TIMEOUT = 10.0
+
+
 def bounded_int_arg(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -23,17 +26,21 @@ def bounded_int_arg(low: int, high: int) -> Callable[[str], int]:
 
 
 def positive_arg(text: str) -> float:
-    value = float(text)
-    if not value > 0:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be positive, not {text}")
     return value
 
 
 def revision_arg(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
-    return value
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(
+            f"a revision is a number (see 'fwd policy history'), not {text!r}"
+        )
+    return int(text)
 
 
 def duration_arg(text: str) -> int:
@@ -72,9 +79,10 @@ def client_options(
     common.add_argument(
         "--timeout",
         type=positive_arg,
-        default=argparse.SUPPRESS if suppress else 10.0,
+        default=argparse.SUPPRESS if suppress else None,
         metavar="SECONDS",
-        help="give up on each call after this long (default: 10)",
+        help=f"give up on each call after this long (default: {DEFAULT_TIMEOUT:g}; "
+        "a policy apply waits longer, by the policy's size)",
     )
     return common
 

@@ -2,14 +2,16 @@
 
 A thin client: every command except ``agent`` is one or a few gRPC calls on
 the agent's unix socket, printed as a plain-text table or as JSON. Exit codes:
-0 success, 1 an error (printed as ``fwd: <status>: <message>``), 2 bad usage.
+fwd.cli.exits.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from fwd.cli import agent, cluster, policy, rules, sets, status
+from fwd.cli.completion import SHELLS, script
 from fwd.cli.options import client_options, fresh_common
 
 
@@ -34,11 +36,15 @@ commands:
   fwd cluster wait --revision R [--selector S] [--timeout SECONDS]
   fwd cluster label NODE KEY=VALUE... [--remove KEY]...
   fwd cluster policies [-o table|json] | delete NAME [--expect-revision N]
+  fwd completion bash|zsh
+  fwd --version
 
 Client commands take --socket PATH (default: $FWD_SOCKET or /run/fwd/fwd.sock)
 and --timeout SECONDS. 'fwd COMMAND --help' describes each command.
 
-exit status: 0 success, 1 error (printed as 'fwd: STATUS: message'), 2 bad usage.
+exit status: 0 done; 1 refused or failed, nothing changed ('fwd: STATUS: message');
+2 bad usage; 3 the agent could not be reached; 4 outcome unknown: a change was sent
+and no answer came (the message names the revision to check in 'fwd policy history').
 """
 
 
@@ -72,4 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     sets.register(sub, common)
     cluster.register(sub, common)
     status.register(sub, common)
+    completion = sub.add_parser(
+        "completion", help="print a shell completion script (bash or zsh)",
+        description="Print a completion script generated from this command line: "
+        "'source <(fwd completion bash)', or in zsh 'source <(fwd completion zsh)'.",
+    )
+    completion.add_argument("shell", choices=SHELLS)
+    completion.set_defaults(handler=lambda args: _print_completion(parser, args.shell))
     return parser
+
+
+def _print_completion(parser: argparse.ArgumentParser, shell: str) -> int:
+    sys.stdout.write(script(parser, shell))
+    return 0

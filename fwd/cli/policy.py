@@ -9,11 +9,11 @@ from typing import Any, TextIO
 
 from fwd.api.client import Client
 from fwd.api.convert import policy_from_proto
-from fwd.cli.options import duration_arg, revision_arg
+from fwd.cli.options import DEFAULT_TIMEOUT, duration_arg, revision_arg
 from fwd.cli.output import Failed, dumps, enum_name, format_table, message_to_json, summary
 from fwd.api.direct import etcd_parent
 from fwd.errors import PolicyError
-from fwd.policy.files import dump_policy_yaml, load_policy_file
+from fwd.policy.files import FORMATS, dump_policy_yaml, load_policy_file
 from fwd.policy.model import Policy, policy_to_dict
 from fwd.policy.model import rule_to_dict as model_rule_to_dict
 
@@ -34,7 +34,10 @@ async def _policy_get(client: Client, args: argparse.Namespace, out: TextIO) -> 
 def load_policy(args: argparse.Namespace) -> None:
     """Validate the file before connecting: a broken file needs no agent to be reported."""
     try:
-        args.policy = load_policy_file(args.file, allow_empty=getattr(args, "allow_empty", True))
+        args.policy = load_policy_file(
+            args.file, getattr(args, "format", None),
+            allow_empty=getattr(args, "allow_empty", True),
+        )
     except PolicyError as exc:
         text = str(exc)
         raise Failed(text if args.file in text else f"{args.file}: {text}") from None
@@ -54,16 +57,34 @@ async def _policy_apply(client: Client, args: argparse.Namespace, out: TextIO) -
         )
         return
     cluster = {"name": args.name, "selector": args.selector, "priority": args.priority}
-    revision = await client.apply_policy(
+    reply = await client.apply_policy_reply(
         args.policy, args.expect_revision, force=args.force, **cluster
     )
-    if any(v is not None for v in cluster.values()):
+    revision = reply.revision
+    if reply.unchanged:
+        out.write(f"unchanged: revision {revision} already enforces this policy\n")
+    elif any(v is not None for v in cluster.values()):
         out.write(
             f"wrote policy {args.name or 'default'} at etcd revision {revision} "
             f"(fwd cluster wait --revision {revision})\n"
         )
     else:
         out.write(f"applied revision {revision}\n")
+
+
+def _format_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="the file's format when its name does not say it, or for stdin "
+                   "(default there: json)")
+
+
+def apply_deadline(args: argparse.Namespace) -> float:
+    """How long ``fwd policy apply`` waits without --timeout: long enough for the agent
+    to validate, compile and write a policy of this size on a busy node (100,000 rules
+    take ~2-25 s end to end here), so a big apply ends in its result, not a false failure."""
+    policy = args.policy
+    elements = sum(len(s) for s in policy.sets)
+    return DEFAULT_TIMEOUT + 20.0 + len(policy.rules) / 1000 + elements / 20000
 
 
 async def _policy_confirm(client: Client, args: argparse.Namespace, out: TextIO) -> None:
@@ -95,38 +116,71 @@ async def _policy_history(client: Client, args: argparse.Namespace, out: TextIO)
         out.write(format_table(headers, [list(r.values()) for r in rows]))
 
 
-def diff_policies(running: Policy, wanted: Policy) -> list[str]:
-    """Lines saying which rules a new policy adds, removes, changes or moves (by id)."""
+def diff_changes(running: Policy, wanted: Policy) -> list[dict[str, Any]]:
+    """What a new policy adds, removes, changes or moves (rules by id, sets by name,
+    and the policy's own settings), as plain data (``policy diff -o json``)."""
     old = {r.id: (i, model_rule_to_dict(r)) for i, r in enumerate(running.rules)}
     new = {r.id: (i, model_rule_to_dict(r)) for i, r in enumerate(wanted.rules)}
-    lines = []
+    out: list[dict[str, Any]] = []
     for field in ("default_action", "dry_run", "log_default"):
         a, b = getattr(running, field), getattr(wanted, field)
         if a != b:
-            lines.append(f"~ {field}: {getattr(a, 'value', a)} -> {getattr(b, 'value', b)}")
+            out.append({"change": "changed", "field": field,
+                        "from": getattr(a, "value", a), "to": getattr(b, "value", b)})
     for rid, (i, d) in new.items():
         if rid not in old:
-            lines.append(f"+ {rid} (at {i}): {summary(d)} -> {d['action']}")
+            out.append({"change": "added", "rule": rid, "position": i, "to": d})
         elif old[rid][1] != d:
-            lines.append(f"~ {rid}: {summary(old[rid][1])} -> {summary(d)}; {d['action']}")
+            out.append({"change": "changed", "rule": rid, "from": old[rid][1], "to": d})
         elif old[rid][0] != i:
-            lines.append(f"> {rid} moves {old[rid][0]} -> {i}")
-    lines += [f"- {rid}" for rid in old if rid not in new]
+            out.append({"change": "moved", "rule": rid, "from": old[rid][0], "to": i})
+    out += [{"change": "removed", "rule": rid, "from": old[rid][1]} for rid in old
+            if rid not in new]
     old_sets = {s.name: s for s in running.sets}
     for s in wanted.sets:
         if s.name not in old_sets:
-            lines.append(f"+ set {s.name} ({len(s)} elements)")
+            out.append({"change": "added", "set": s.name, "to": len(s)})
         elif old_sets[s.name] != s:
-            lines.append(f"~ set {s.name}: {len(old_sets[s.name])} -> {len(s)} elements")
-    lines += [f"- set {n}" for n in old_sets if wanted.set_named(n) is None]
-    return lines
+            out.append({"change": "changed", "set": s.name, "from": len(old_sets[s.name]),
+                        "to": len(s)})
+    out += [{"change": "removed", "set": n, "from": len(old_sets[n])} for n in old_sets
+            if wanted.set_named(n) is None]
+    return out
+
+
+def _diff_line(c: dict[str, Any]) -> str:
+    kind = c["change"]
+    if "field" in c:
+        return f"~ {c['field']}: {c['from']} -> {c['to']}"
+    if "set" in c:
+        if kind == "added":
+            return f"+ set {c['set']} ({c['to']} elements)"
+        if kind == "changed":
+            return f"~ set {c['set']}: {c['from']} -> {c['to']} elements"
+        return f"- set {c['set']}"
+    rid = c["rule"]
+    if kind == "added":
+        return f"+ {rid} (at {c['position']}): {summary(c['to'])} -> {c['to']['action']}"
+    if kind == "changed":
+        return f"~ {rid}: {summary(c['from'])} -> {summary(c['to'])}; {c['to']['action']}"
+    if kind == "moved":
+        return f"> {rid} moves {c['from']} -> {c['to']}"
+    return f"- {rid}"
+
+
+def diff_policies(running: Policy, wanted: Policy) -> list[str]:
+    """Lines saying which rules a new policy adds, removes, changes or moves (by id)."""
+    return [_diff_line(c) for c in diff_changes(running, wanted)]
 
 
 async def _policy_diff(client: Client, args: argparse.Namespace, out: TextIO) -> None:
     running = await client.get_policy()
-    lines = diff_policies(policy_from_proto(running.policy), args.policy)
+    changes = diff_changes(policy_from_proto(running.policy), args.policy)
+    if args.output == "json":
+        out.write(dumps({"revision": running.revision, "changes": changes}))
+        return
     out.write(f"# against revision {running.revision}\n")
-    out.write("\n".join(lines) + "\n" if lines else "no changes\n")
+    out.write("".join(_diff_line(c) + "\n" for c in changes) if changes else "no changes\n")
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -159,7 +213,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Validate FILE (YAML or JSON), then have the agent enforce it "
         "atomically. Prints the new revision.",
     )
-    apply.add_argument("file", metavar="FILE", help="the policy file (YAML or JSON)")
+    apply.add_argument("file", metavar="FILE", help="the policy file: .json (strict JSON), "
+                       ".yaml or .yml; '-' reads stdin (JSON unless --format yaml)")
+    _format_option(apply)
     apply.add_argument(
         "--expect-revision",
         type=revision_arg,
@@ -170,8 +226,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     apply.add_argument(
         "--force",
         action="store_true",
-        help="apply even if the policy could drop the agent's management traffic "
-        "(see 'fwd agent --mgmt-prefix')",
+        help="apply even if the lock-out check refuses it: a drop rule the failsafe "
+        "overrules, or (failsafe off, or --mgmt-prefix) a policy that could drop the "
+        "management traffic (see 'fwd agent --failsafe')",
     )
     apply.add_argument(
         "--dry-run",
@@ -198,7 +255,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                        "(default: every node)")
     apply.add_argument("--priority", type=int, metavar="P",
                        help="cluster mode: merge order, lower first (default: 100)")
-    apply.set_defaults(client=_policy_apply, prepare=load_policy)
+    apply.set_defaults(client=_policy_apply, prepare=load_policy, write="the apply",
+                       deadline=apply_deadline)
 
     confirm = policy_sub.add_parser(
         "confirm",
@@ -208,7 +266,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     confirm.add_argument("revision", nargs="?", type=revision_arg, metavar="REV",
                          help="the pending revision (default: whichever is pending)")
-    confirm.set_defaults(client=_policy_confirm)
+    confirm.set_defaults(client=_policy_confirm, write="the confirmation")
 
     rollback = policy_sub.add_parser(
         "rollback",
@@ -219,7 +277,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     rollback.add_argument("revision", type=revision_arg, metavar="REV")
     rollback.add_argument("--expect-revision", type=revision_arg, metavar="N",
                           help="fail unless revision N is the one enforced now")
-    rollback.set_defaults(client=_policy_rollback)
+    rollback.set_defaults(client=_policy_rollback, write="the rollback")
 
     history = policy_sub.add_parser(
         "history",
@@ -235,5 +293,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Compare a policy file with the enforced policy, rule by rule (by id): "
         "+ added, - removed, ~ changed, > moved.",
     )
-    diff.add_argument("file", metavar="FILE")
+    diff.add_argument("file", metavar="FILE", help="as for 'fwd policy apply'")
+    _format_option(diff)
+    diff.add_argument("-o", "--output", choices=("text", "json"), default="text",
+                      help="output format: +/-/~/> lines, or {revision, changes} "
+                      "(default: %(default)s)")
     diff.set_defaults(client=_policy_diff, prepare=load_policy)

@@ -12,8 +12,9 @@ from fwd.api.client import Client
 from fwd.api.convert import rule_to_dict, rule_to_proto
 from fwd.api.gen.fwd import v1 as pb
 from fwd.cli.options import change_options
-from fwd.cli.output import format_table, summary
+from fwd.cli.output import dumps_rows, format_table, summary
 from fwd.errors import PolicyError
+from fwd.policy.files import yaml_error
 from fwd.policy.model import parse_rule
 from fwd.policy.model import rule_to_dict as model_rule_to_dict
 
@@ -24,7 +25,7 @@ async def _rules_list(client: Client, args: argparse.Namespace, out: TextIO) -> 
     token = ""
     while True:
         page = await client._call(
-            stub.list_rules(pb.ListRulesRequest(page_size=1000, page_token=token))
+            stub.list_rules(pb.ListRulesRequest(page_size=10_000, page_token=token))
         )
         rules.extend(page.rules)
         token = page.next_page_token
@@ -34,7 +35,7 @@ async def _rules_list(client: Client, args: argparse.Namespace, out: TextIO) -> 
     dicts = [model_rule_to_dict(parse_rule(rule_to_dict(r), f"rules[{i}]"))
              for i, r in enumerate(rules)]  # fmt: skip
     if args.output == "json":
-        out.write(json.dumps(dicts, indent=2, sort_keys=True) + "\n")
+        out.write(dumps_rows(dicts))
         return
     rows = [[i, d["id"], d.get("action", ""), summary(d)] for i, d in enumerate(dicts)]
     out.write(format_table(("POS", "RULE", "ACTION", "MATCH"), rows))
@@ -51,10 +52,15 @@ def _parse_rule_arg(text: str) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise PolicyError("rule", f"not YAML: {exc}") from None
+        raise yaml_error(exc, "rule") from None
     parse_rule(raw, "rule")  # validate here: a bad rule needs no agent to be reported
     assert isinstance(raw, dict)
     return raw
+
+
+def _prepare_rule(args: argparse.Namespace) -> None:
+    """Parse RULE before connecting; an error is one line (exit 1), not a usage banner."""
+    args.rule = _parse_rule_arg(args.rule)
 
 
 async def _rules_add(client: Client, args: argparse.Namespace, out: TextIO) -> None:
@@ -95,21 +101,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         description="RULE is one rule as YAML or JSON, e.g. "
         "'{id: block-x, action: drop, src: [198.51.100.7]}', or @FILE.",
     )
-    add.add_argument("rule", metavar="RULE", type=_rule_type)
+    add.add_argument("rule", metavar="RULE")
     where = add.add_mutually_exclusive_group()
     where.add_argument("--position", type=int, metavar="N", help="0 = first (default: last)")
     where.add_argument("--before", metavar="ID")
     where.add_argument("--after", metavar="ID")
     change_options(add)
-    add.set_defaults(client=_rules_add)
+    add.set_defaults(client=_rules_add, prepare=_prepare_rule, write="the rule")
     delete = rules_sub.add_parser("delete", parents=[common], help="delete a rule by id")
     delete.add_argument("rule_id", metavar="ID")
     change_options(delete)
-    delete.set_defaults(client=_rules_delete)
+    delete.set_defaults(client=_rules_delete, write="the delete")
 
-
-def _rule_type(text: str) -> Any:
-    try:
-        return _parse_rule_arg(text)
-    except PolicyError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None

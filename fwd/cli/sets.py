@@ -9,7 +9,7 @@ from typing import Any, TextIO
 from fwd.api.client import Client
 from fwd.api.gen.fwd import v1 as pb
 from fwd.cli.options import change_options
-from fwd.cli.output import format_table
+from fwd.cli.output import dumps, format_table
 from fwd.errors import PolicyError
 
 
@@ -26,16 +26,24 @@ async def _sets_list(client: Client, args: argparse.Namespace, out: TextIO) -> N
 async def _sets_show(client: Client, args: argparse.Namespace, out: TextIO) -> None:
     stub = pb.SetServiceStub(client.channel, timeout=client.timeout)
     token = ""
+    json_out = args.output == "json"
+    elements: list[int | str] = []
+    revision = 0
     while True:
         page = await client._call(
             stub.list_elements(pb.ListElementsRequest(set=args.name, page_size=10000,
                                                       page_token=token))
         )
-        for element in page.elements:
-            out.write(element + "\n")
+        revision = revision or page.revision
+        if json_out:  # one port is a number, as in policy files
+            elements += [int(e) if e.isascii() and e.isdigit() else e for e in page.elements]
+        else:
+            out.write("".join(e + "\n" for e in page.elements))
         token = page.next_page_token
         if not token:
-            return
+            break
+    if json_out:
+        out.write(dumps({"set": args.name, "revision": revision, "elements": elements}))
 
 
 def _elements(args: argparse.Namespace) -> list[str]:
@@ -60,8 +68,12 @@ async def _sets_change(client: Client, args: argparse.Namespace, out: TextIO) ->
     )
     call = stub.add_elements if args.set_command == "add" else stub.remove_elements
     reply = await client._call(call(request))
-    verb = "added to" if args.set_command == "add" else "removed from"
-    out.write(f"{len(args.element_list)} elements {verb} {args.name!r}: revision {reply.revision}\n")
+    if args.set_command == "add":
+        what = f"{reply.changed} added, {reply.unchanged} already present"
+    else:
+        what = f"{reply.changed} removed, {reply.unchanged} not present"
+    made = "revision" if reply.changed else "unchanged: revision"
+    out.write(f"set {args.name!r}: {what}; {made} {reply.revision}\n")
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -75,6 +87,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sls.set_defaults(client=_sets_list)
     show = sets_sub.add_parser("show", parents=[common], help="a set's elements, one a line")
     show.add_argument("name", metavar="SET")
+    show.add_argument("-o", "--output", choices=("text", "json"), default="text",
+                      help="elements one a line, or {set, revision, elements} "
+                      "(default: %(default)s)")
     show.set_defaults(client=_sets_show)
     for verb in ("add", "remove"):
         p = sets_sub.add_parser(verb, parents=[common], help=f"{verb} elements (one batch)")
@@ -82,7 +97,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         p.add_argument("elements", nargs="*", metavar="ELEMENT")
         p.add_argument("--file", metavar="FILE", help="more elements, one a line (# comments)")
         change_options(p)
-        p.set_defaults(client=_sets_change, prepare=_prepare_elements)
+        p.set_defaults(client=_sets_change, prepare=_prepare_elements, write="the set change")
 
 
 def _prepare_elements(args: argparse.Namespace) -> None:

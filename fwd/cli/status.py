@@ -12,9 +12,10 @@ import anyio
 
 from fwd.api.client import Client
 from fwd.api.gen.fwd import v1 as pb
-from fwd.cli.options import positive_arg
+from fwd.cli.options import bounded_int_arg, positive_arg
 from fwd.cli.output import (
     dumps,
+    dumps_rows,
     enum_name,
     format_table,
     interface_to_json,
@@ -49,14 +50,22 @@ async def _events(client: Client, args: argparse.Namespace, out: TextIO) -> None
             out.flush()
 
 
+def _endpoint(address: str, port: int) -> str:
+    if not address:
+        return "?"
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def _event_line(e: pb.Event, output: str) -> str:
     if output == "json":
         return json.dumps(message_to_json(e), sort_keys=True)
-    verdict = "DROP" if e.dropped else ("WOULD-DROP" if e.would_drop else enum_name(e.action))
+    # One case for every verdict word, and IPv6 addresses bracketed before a port
+    # ([2001:db8::1]:53), as ss, curl and URLs write them.
+    verdict = "drop" if e.dropped else ("would-drop" if e.would_drop else enum_name(e.action))
     when = time.strftime("%H:%M:%S", time.localtime(e.time_unix_ns / 1e9))
     rule = e.rule_id or ("(default)" if e.default_action else "(malformed)")
-    src = f"{e.src}:{e.src_port}" if e.src else "?"
-    dst = f"{e.dst}:{e.dst_port}" if e.dst else "?"
+    src = _endpoint(e.src, e.src_port)
+    dst = _endpoint(e.dst, e.dst_port)
     return f"{when} {e.interface or e.ifindex} {verdict} {rule} proto {e.protocol} {src} > {dst} len {e.length}"
 
 
@@ -71,9 +80,9 @@ async def _interfaces(client: Client, args: argparse.Namespace, out: TextIO) -> 
 
 
 async def _stats(client: Client, args: argparse.Namespace, out: TextIO) -> None:
-    stats = [rule_stats_to_json(s) for s in await client.list_rule_stats()]
+    stats = [rule_stats_to_json(s) for s in await client.rule_stats_rows()]
     if args.output == "json":
-        out.write(dumps(stats))
+        out.write(dumps_rows(stats))
         return
     keys = ("rule_id", "action", "packets", "bytes", "would_drop_packets", "would_drop_bytes")
     headers = ("RULE", "ACTION", "PACKETS", "BYTES", "WOULD_DROP_PACKETS", "WOULD_DROP_BYTES")
@@ -96,7 +105,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     events.add_argument("--iface", action="append", default=[], metavar="NAME")
     events.add_argument("--prefix", action="append", default=[], metavar="CIDR",
                         help="source or destination inside CIDR")
-    events.add_argument("--count", type=int, default=0, metavar="N", help="stop after N events")
+    events.add_argument("--count", type=bounded_int_arg(1, 2**63 - 1), default=0, metavar="N",
+                        help="stop after N events (N >= 1)")
     events.add_argument("--duration", type=positive_arg, default=0.0, metavar="SECONDS",
                         help="stop after SECONDS")
     events.add_argument("-o", "--output", choices=("text", "json"), default="text")

@@ -40,6 +40,7 @@ DIR_DST = 1
 SLOT_DEFAULT = 0
 SLOT_MALFORMED = 1
 SLOT_NON_IP = 2
+SLOT_FAILSAFE = 3
 SLOT_FIRST_RULE = 16
 
 VERDICT_PASS = 0
@@ -60,6 +61,11 @@ EV_DEFAULT = 1 << 2
 EV_MALFORMED = 1 << 3
 # The section (hence libbpf map name) holding struct fwd_event_config.
 EVENT_CONFIG_MAP = ".rodata.events"
+# The failsafe (fwd/policy/failsafe.py): struct fwd_failsafe_config in its own section.
+MAX_FAILSAFE = 16
+FAILSAFE_SPORT = 1 << 0
+FAILSAFE_ADDR = 1 << 1
+FAILSAFE_CONFIG_MAP = ".rodata.failsafe"
 
 U8x16 = ctypes.c_uint8 * 16
 U64x3 = ctypes.c_uint64 * 3
@@ -221,6 +227,29 @@ class EventBucket(ctypes.Structure):
     _fields_ = [("credit", ctypes.c_uint64), ("last_ns", ctypes.c_uint64)]
 
 
+class FailsafeEntry(ctypes.Structure):
+    """struct fwd_failsafe_entry: traffic no policy may drop."""
+
+    _fields_ = [
+        ("proto", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+        ("port", ctypes.c_uint16),
+        ("addr", U8x16),
+        ("v6", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+    ]
+
+
+class FailsafeConfig(ctypes.Structure):
+    """struct fwd_failsafe_config: the failsafe entries, set before load."""
+
+    _fields_ = [
+        ("count", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("entries", FailsafeEntry * MAX_FAILSAFE),
+    ]
+
+
 STRUCTS: dict[str, type[ctypes.Structure]] = {
     "fwd_key": Key,
     "fwd_tuple": Tuple,
@@ -235,4 +264,6 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
     "fwd_event_stats": EventStats,
     "fwd_event_config": EventConfig,
     "fwd_event_bucket": EventBucket,
+    "fwd_failsafe_entry": FailsafeEntry,
+    "fwd_failsafe_config": FailsafeConfig,
 }

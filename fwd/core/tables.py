@@ -23,6 +23,7 @@ RESERVED_SLOTS = {
     abi.SLOT_DEFAULT: "(default)",
     abi.SLOT_MALFORMED: "(malformed)",
     abi.SLOT_NON_IP: "(non-ip)",
+    abi.SLOT_FAILSAFE: "(failsafe)",
 }
 MAX_PAGE = 10_000
 
@@ -42,22 +43,38 @@ def slot_names(slots: Mapping[str, int]) -> tuple[tuple[int, str], ...]:
     return (*RESERVED_SLOTS.items(), *((s, rid) for rid, s in slots.items()))
 
 
-def stat_slots(policy: Policy, slots: Mapping[str, int]) -> list[int]:
-    """The counter slots :func:`rule_stats` reads: the reserved ones, then every rule's."""
-    return list(RESERVED_SLOTS) + [slots[r.id] for r in policy.rules]
+def _stat_page(
+    policy: Policy, offset: int, limit: int
+) -> tuple[list[tuple[int, str]], tuple[Rule, ...]]:
+    """Rows ``offset`` .. ``offset + limit`` (0: all): reserved slots first, then rules."""
+    nres = len(RESERVED_SLOTS)
+    end = nres + len(policy.rules) if limit <= 0 else offset + limit
+    reserved = list(RESERVED_SLOTS.items())[offset:end]
+    return reserved, policy.rules[max(offset - nres, 0) : max(end - nres, 0)]
+
+
+def stat_slots(
+    policy: Policy, slots: Mapping[str, int], offset: int = 0, limit: int = 0
+) -> list[int]:
+    """The counter slots :func:`rule_stats` reads for one page (only those are read,
+    so paging through 100,000 rules stays linear)."""
+    reserved, rules = _stat_page(policy, offset, limit)
+    return [s for s, _ in reserved] + [slots[r.id] for r in rules]
 
 
 def rule_stats(
-    policy: Policy, slots: Mapping[str, int], counters: Mapping[int, SlotCounters]
+    policy: Policy, slots: Mapping[str, int], counters: Mapping[int, SlotCounters],
+    offset: int = 0, limit: int = 0,
 ) -> tuple[RuleStats, ...]:
-    """Every reserved slot's and rule's counters, in policy order (GetStats)."""
+    """One page of the reserved slots' and rules' counters, in policy order (GetStats)."""
+    reserved, rules = _stat_page(policy, offset, limit)
     out: list[RuleStats] = []
-    for slot, name in RESERVED_SLOTS.items():
+    for slot, name in reserved:
         c = counters[slot]
         action = policy.default_action if slot == abi.SLOT_DEFAULT else None
         if slot == abi.SLOT_MALFORMED:
             action = Action.DROP
-        elif slot == abi.SLOT_NON_IP:
+        elif slot in (abi.SLOT_NON_IP, abi.SLOT_FAILSAFE):
             action = Action.ALLOW
         out.append(
             RuleStats(
@@ -69,7 +86,7 @@ def rule_stats(
                 c.would_drop_bytes,
             )
         )
-    for rule in policy.rules:
+    for rule in rules:
         c = counters[slots[rule.id]]
         out.append(
             RuleStats(

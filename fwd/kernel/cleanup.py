@@ -13,6 +13,7 @@ from pathlib import Path
 
 import structlog
 
+from fwd.core.agentlock import AgentLock
 from fwd.kernel.xdp import XdpLink
 from fwd.errors import FwdError
 
@@ -22,13 +23,20 @@ log = structlog.get_logger("fwd.kernel.cleanup")
 def cleanup(bpffs_dir: str | Path) -> list[str]:
     """Detach fwd's pinned links and remove its pins; returns what was removed.
 
-    Raises FwdError if something it owns could not be removed (after trying all).
+    Raises FwdError if something it owns could not be removed (after trying all),
+    and AlreadyRunning, removing nothing, while an agent holds the directory.
     """
     root = Path(bpffs_dir)
+    if not root.exists():
+        return []
+    with AgentLock() as lock:
+        lock.pin_dir(root)
+        return _cleanup(root)
+
+
+def _cleanup(root: Path) -> list[str]:
     removed: list[str] = []
     failures: list[str] = []
-    if not root.exists():
-        return removed
     links = root / "links"
     for pin in sorted(links.iterdir()) if links.is_dir() else []:
         try:

@@ -24,6 +24,13 @@ class Applied:
     revision: int
     policy: Policy
     adoption: Adoption | None = None  # GetPolicy: what the agent found at start
+    # The change changed nothing (an identical policy, elements already there or
+    # already absent): no revision was made, ``revision`` is the one enforced.
+    unchanged: bool = False
+    # Set changes: distinct elements changed, and those already present (add) or
+    # already absent (remove).
+    elements_changed: int = 0
+    elements_unchanged: int = 0
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,9 @@ class ApplyPolicy:
     expect_revision: int | None
     reply: MemoryObjectSendStream[Reply[Applied]]
     force: bool = False  # skip the anti-lockout check
+    # An apply equal to the enforced policy makes no revision (the reply says
+    # ``unchanged``); False for an apply that must make one (--confirm-within).
+    unchanged_ok: bool = True
 
 
 @dataclass(frozen=True)
@@ -79,7 +89,12 @@ class RuleStats:
 
 @dataclass(frozen=True)
 class GetStats:
+    """Counters of the rows ``offset`` .. ``offset + limit`` (reserved slots first, then
+    the rules in order; ``limit`` 0: every row). Only those slots are read."""
+
     reply: MemoryObjectSendStream[Reply[tuple[RuleStats, ...]]]
+    offset: int = 0
+    limit: int = 0
 
 
 @dataclass(frozen=True)

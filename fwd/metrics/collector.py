@@ -104,6 +104,7 @@ _UNMATCHED = {
     abi.SLOT_DEFAULT: "no_rule",
     abi.SLOT_MALFORMED: "malformed",
     abi.SLOT_NON_IP: "non_ip",
+    abi.SLOT_FAILSAFE: "failsafe",  # a policy's drop the failsafe turned into a pass
 }
 
 
@@ -203,6 +204,7 @@ def rule_families(table: RuleTable, counters: Mapping[int, SlotCounters]) -> lis
         abi.SLOT_DEFAULT: table.default_action,
         abi.SLOT_MALFORMED: "drop",
         abi.SLOT_NON_IP: "allow",
+        abi.SLOT_FAILSAFE: "allow",
     }
     for slot, reason in _UNMATCHED.items():
         c = counters.get(slot, zero)

@@ -96,9 +96,20 @@ def parse_cidr(value: Any, field: str) -> IPNetwork:
     if not isinstance(value, str):
         raise PolicyError(field, f"must be a CIDR or address string, not {value!r}")
     try:
-        net = ipaddress.ip_network(value.strip(), strict=False)
+        net = ipaddress.ip_network(value.strip())
     except ValueError:
-        raise PolicyError(field, f"invalid CIDR or address {value!r}") from None
+        try:
+            loose = ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError:
+            raise PolicyError(field, f"invalid CIDR or address {value!r}") from None
+        # 198.18.5.7/24 is either a typo of the address or of the network: say which
+        # two it could be rather than guess (it used to become 198.18.5.0/24 silently).
+        address = value.strip().partition("/")[0]
+        raise PolicyError(
+            field,
+            f"{value!r} has host bits set: write the network {str(loose)!r} "
+            f"or the address {address!r}",
+        ) from None
     if isinstance(net, ipaddress.IPv6Network) and net.network_address.scope_id:
         # The data plane matches addresses only; a zone (fe80::1%eth0) would be ignored.
         raise PolicyError(field, f"zone index not allowed in {value!r} (use interfaces)")

@@ -2,7 +2,7 @@
 
 The agent's settings name management prefixes (where operators connect from) and
 services (protocol and port they connect to, e.g. tcp/22). A policy is refused —
-unless the apply says ``force`` — if any packet of that traffic could be dropped:
+unless applied with ``--force`` — if any packet of that traffic could be dropped:
 
 * rules are walked in order; a drop rule that *could* match some management
   packet is a lockout (fields that can rule it out: protocol, source prefixes,
@@ -134,7 +134,7 @@ def _check_one(policy: Policy, prefix: IPNetwork, svc: Service) -> None:
                 raise LockoutError(
                     f"rules[{i}]",
                     f"rule {rule.id!r} could drop management traffic ({what}); "
-                    "apply with force to do it anyway",
+                    "apply with --force to do it anyway",
                 )
         elif rule.action is Action.ALLOW and _covers(rule, prefix, svc, policy):
             return
@@ -142,7 +142,7 @@ def _check_one(policy: Policy, prefix: IPNetwork, svc: Service) -> None:
         raise LockoutError(
             "default_action",
             f"drop would apply to management traffic ({what}) that no rule allows; "
-            "add an allow rule for it or apply with force",
+            "add an allow rule for it, or apply with --force",
         )
 
 

@@ -332,6 +332,7 @@ def _net_str(net: IPNetwork) -> str:
     return str(net)
 
 
+
 def rule_to_dict(r: Rule) -> dict[str, Any]:
     """One rule as plain data, fields left out when "any"."""
     d: dict[str, Any] = {"id": r.id, "action": r.action.value}

@@ -52,6 +52,19 @@ class NamedSet:
         """The prefixes parsed (for the reference classifier and small sets)."""
         return [parse_cidr(p, self.name) for p in self.prefixes]
 
+    def count_change(self, values: Iterable[str | int], adding: bool) -> tuple[int, int]:
+        """How many distinct ``values`` adding (or removing) would change, and how many
+        are already present (or already absent): "0 added, 1 already present"."""
+        field = f"sets.{self.name}.elements"
+        have: frozenset[object]
+        wanted: set[object]
+        if self.type is SetType.PREFIX:
+            have, wanted = self.prefixes, set(canonical_prefixes(values, field))
+        else:
+            have, wanted = frozenset(self.ports), {parse_ports(v, field) for v in values}
+        present = len(wanted & have)
+        return (len(wanted) - present, present) if adding else (present, len(wanted) - present)
+
     def with_elements(self, add: Iterable[str | int] = (), remove: Iterable[str | int] = ()) -> NamedSet:
         """A copy with ``add`` added and ``remove`` removed (validated; field = set name)."""
         field = f"sets.{self.name}.elements"
@@ -116,4 +129,12 @@ def parse_sets(raw: Any) -> tuple[NamedSet, ...]:
 
 
 def sets_to_dict(sets: Iterable[NamedSet]) -> dict[str, Any]:
-    return {s.name: {"type": s.type.value, "elements": s.elements()} for s in sets}
+    return {
+        s.name: {
+            "type": s.type.value,
+            # Ports as numbers (one port) or "first-last", as in rules.
+            "elements": s.elements() if s.type is SetType.PREFIX
+            else [p.first if p.first == p.last else str(p) for p in s.ports],
+        }
+        for s in sets
+    }

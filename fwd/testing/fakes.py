@@ -30,7 +30,9 @@ from fwd.messages import (
     GetStats,
     InterfaceStatus,
     ListInterfaces,
+    ListRules,
     Reply,
+    RulePage,
     RuleStats,
 )
 from fwd.settings import Settings
@@ -75,7 +77,8 @@ class FakeDatapath:
       than ``max_rules`` rules (CapacityError), and fails with ``fail_next``
       once if that is set; otherwise the revision goes up by one.
     - GetStats answers ``stats`` if set, else one zeroed entry per rule.
-    - With ``silent`` it takes commands but never answers (deadline tests).
+    - With ``silent`` it takes commands but never answers (deadline tests); commands
+      whose type is in ``silent_to`` only those.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class FakeDatapath:
         self.stats: tuple[RuleStats, ...] | None = None
         self.fail_next: FwdError | None = None
         self.silent = False
+        self.silent_to: tuple[type, ...] = ()
         self.applies = 0  # successful applies, for assertions
         self.received: list[DatapathCommand] = []
         self.history: dict[int, Policy] = {revision: policy}
@@ -114,13 +118,15 @@ class FakeDatapath:
     async def _serve(self, unanswered: list[DatapathCommand]) -> None:
         async for command in self._commands:
             self.received.append(command)
-            if self.silent:
+            if self.silent or isinstance(command, self.silent_to):
                 unanswered.append(command)
                 continue
             if isinstance(command, GetPolicy):
                 await _answer(command.reply, Reply(value=Applied(self.revision, self.policy)))
             elif isinstance(command, GetStats):
-                await _answer(command.reply, Reply(value=self.current_stats()))
+                rows = self.current_stats()
+                end = len(rows) if command.limit <= 0 else command.offset + command.limit
+                await _answer(command.reply, Reply(value=rows[command.offset : end]))
             elif isinstance(command, GetHistory):
                 revs = sorted(self.history, reverse=True)
                 page = tuple(
@@ -141,6 +147,13 @@ class FakeDatapath:
                     )
             elif isinstance(command, ApplyPolicy):
                 await _answer(command.reply, self.apply(command))
+            elif isinstance(command, ListRules):
+                every = self.policy.rules
+                chunk = every[command.offset : command.offset + command.limit]
+                await _answer(
+                    command.reply,
+                    Reply(value=RulePage(self.revision, command.offset, len(every), chunk)),
+                )
             else:  # rule and set commands are not faked: the reply closes unanswered
                 command.reply.close()
 

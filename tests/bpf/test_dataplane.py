@@ -8,6 +8,7 @@ verdict and the counter slot it bumped must equal ``fwd.policy.reference``.
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -181,7 +182,7 @@ def policies() -> list[tuple[str, Policy]]:
         ("src ports only", {"rules": [{"id": "sp", "action": "drop", "protocol": "udp", "src_ports": ["0-1023"]}]}),
         ("dry-run rules", {"dry_run": True, "rules": [{"id": "x", "action": "drop", "protocol": "tcp"}, {"id": "y", "action": "allow", "protocol": "udp"}]}),
         ("many rules", {"default_action": "drop", "rules": [
-            {"id": f"r{i}", "action": "allow" if i % 3 else "drop", "protocol": "tcp" if i % 2 else "udp", "src": [f"198.18.{i % 4}.0/{22 + i % 9}"], "dst_ports": [str(i * 97 % 65536), "9998-9999"]}
+            {"id": f"r{i}", "action": "allow" if i % 3 else "drop", "protocol": "tcp" if i % 2 else "udp", "src": [str(ipaddress.ip_network(f"198.18.{i % 4}.0/{22 + i % 9}", strict=False))], "dst_ports": [str(i * 97 % 65536), "9998-9999"]}
             for i in range(60)
         ]}),
         ("mixed family rule", {"rules": [{"id": "m", "action": "drop", "src": ["198.18.1.0/24", "2001:2:0:1::/64"], "dst": ["198.18.0.1"]}]}),

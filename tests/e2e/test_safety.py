@@ -21,8 +21,10 @@ def fwd(agent: AgentProcess, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_lockout_refused_unless_forced(netns: Netns, tmp_path: Path) -> None:
     ns = netns.make_netns()
+    # With the failsafe on (the default) tcp/22 cannot be dropped, so nothing is refused
+    # for it: this is the check that guards the management traffic without one.
     agent = AgentProcess(ns, tmp_path, netns.pin_dir(), "--mgmt-prefix", "198.18.1.0/24",
-                         "--mgmt-service", "tcp/22")
+                         "--mgmt-service", "tcp/22", "--failsafe", "")
     agent.start()
     try:
         closed = tmp_path / "closed.yaml"
@@ -31,6 +33,7 @@ def test_lockout_refused_unless_forced(netns: Netns, tmp_path: Path) -> None:
         refused = fwd(agent, "policy", "apply", str(closed))
         assert refused.returncode == 1
         assert "FAILED_PRECONDITION" in refused.stderr and "default_action" in refused.stderr
+        assert "apply with --force" in refused.stderr
         assert "revision: 0" in fwd(agent, "policy", "get").stdout
         # An allow rule for the management service first makes the same policy acceptable.
         safe = tmp_path / "safe.yaml"

@@ -194,15 +194,15 @@ async def test_stats_table_and_json_fetch_every_page(tmp_path: Path) -> None:
 async def test_no_agent(tmp_path: Path) -> None:
     missing = str(tmp_path / "nothing.sock")
     code, out, err = await fwd_cli("stats", "--socket", missing)
-    assert (code, out) == (1, "")
-    assert err == f"fwd: is the agent running? no socket at {missing}\n"
+    assert (code, out) == (3, "")  # 3: the agent could not be reached
+    assert err == f"fwd: UNREACHABLE: is the agent running? no socket at {missing}\n"
     # A socket file nobody listens on (a crashed agent's leftover).
     dead = tmp_path / "dead.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.bind(str(dead))
     code, out, err = await fwd_cli("interfaces", "--socket", str(dead))
-    assert code == 1
-    assert err.startswith(f"fwd: is the agent running? cannot connect to {dead}")
+    assert code == 3
+    assert err.startswith(f"fwd: UNREACHABLE: is the agent running? cannot connect to {dead}")
 
 
 @pytest.mark.asyncio
@@ -211,8 +211,8 @@ async def test_client_timeout(tmp_path: Path) -> None:
     async with serve_api(sock) as harness:
         harness.datapath.silent = True
         code, _, err = await fwd_cli("policy", "get", "--timeout", "0.2", "--socket", sock)
-    assert code == 1
-    assert err == "fwd: DEADLINE_EXCEEDED: no answer from the agent within 0.2s\n"
+    assert code == 3  # a read without an answer: nothing changed, the agent is not answering
+    assert err == "fwd: DEADLINE_EXCEEDED: no answer came within 0.2s from the agent\n"
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -316,7 +316,7 @@ async def test_agent_stops_mid_call(tmp_path: Path) -> None:
             while not harness.datapath.received:
                 await anyio.sleep(0.01)
     [(code, out, err)] = results
-    assert (code, out) == (1, "")
+    assert (code, out) == (3, "")  # a read: nothing changed either way
     assert err == "fwd: UNAVAILABLE: the agent is shutting down\n"
 
 

@@ -15,7 +15,10 @@ PACKAGE = ROOT / "fwd"
 GENERATED = PACKAGE / "api" / "gen"
 MAX_LINES = 420  # "a module past ~400 lines is asking to be split" (STYLE.md 13)
 # Known to be too long, with the reason; remove an entry when its module is split.
-TOO_LONG: dict[str, str] = {}
+TOO_LONG: dict[str, str] = {
+    "fwd.actors.datapath": "issue 16 added no-op set changes (438 lines): the set-change "
+    "handler belongs in fwd/core/tables.py next to the other pure pieces",
+}
 
 # What each layer must never import (prefixes of module names).
 FORBIDDEN = {

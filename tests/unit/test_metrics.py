@@ -167,7 +167,7 @@ def test_rule_counters_by_rule_id_and_action(collected: Collected) -> None:
     # Only rules of the policy carry a rule_id: no "(default)" pseudo rule.
     assert {d["rule_id"] for d in names(s, "fwd_rule_packets_total")} == {"mgmt-ssh", "drop-bad"}
     # One batch read per scrape, of the reserved slots and each rule's slot.
-    assert counters.asked == [[0, 1, 2, 16, 17]]
+    assert counters.asked == [[0, 1, 2, 3, 16, 17]]
 
 
 def test_reserved_slots_are_unmatched_by_reason(collected: Collected) -> None:

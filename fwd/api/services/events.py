@@ -25,6 +25,16 @@ class EventService(pb.EventServiceBase):
         unknown = [n for n in message.interfaces if n not in by_name]
         if unknown:
             raise GRPCError(Status.INVALID_ARGUMENT, f"interfaces: no interface {unknown[0]!r}")
+        if message.rule_ids:
+            # As an unknown interface is: a filter that can never match is a mistake.
+            enforced = await self._api.get_policy()
+            known = {r.id for r in enforced.policy.rules}
+            missing = [r for r in message.rule_ids if r not in known]
+            if missing:
+                raise GRPCError(
+                    Status.INVALID_ARGUMENT,
+                    f"rule_ids: no rule {missing[0]!r} in revision {enforced.revision}",
+                )
         prefixes = []
         for i, text in enumerate(message.prefixes):
             try:

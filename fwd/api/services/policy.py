@@ -54,9 +54,12 @@ class PolicyService(pb.PolicyServiceBase):
                 f"confirm_within_seconds: at most {MAX_CONFIRM_SECONDS}",
             )
         applied = await self._api.apply_policy(
-            message.policy, message.expect_revision, message.force
+            message.policy, message.expect_revision, message.force,
+            unchanged_ok=not message.confirm_within_seconds,
         )
         deadline = 0.0
+        if applied.unchanged:
+            return pb.ApplyPolicyResponse(revision=applied.revision, unchanged=True)
         if message.confirm_within_seconds:
             pending = await self._api.arm_confirm(
                 applied.revision, time.time() + message.confirm_within_seconds

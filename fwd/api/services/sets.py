@@ -34,8 +34,12 @@ class SetService(pb.SetServiceBase):
                 expect_revision=message.expect_revision, force=message.force,
             )
         )
-        self._api.superseded(applied.revision)
-        return pb.SetChangeResponse(revision=applied.revision)
+        if not applied.unchanged:
+            self._api.superseded(applied.revision)
+        return pb.SetChangeResponse(
+            revision=applied.revision, changed=applied.elements_changed,
+            unchanged=applied.elements_unchanged,
+        )
 
     async def list_sets(self, message: pb.ListSetsRequest) -> pb.ListSetsResponse:
         return pb.ListSetsResponse(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from fwd.api import convert
+from fwd.api import statswire
 from fwd.api.gateway import Gateway
 from fwd.api.gen.fwd import v1 as pb
-from fwd.api.paging import page_bounds, parse_page_token
+from fwd.api.paging import DEFAULT_PAGE_SIZE, parse_page_token
+
+# Counter rows are small (~20 bytes each): a page may hold more than other lists.
+MAX_STATS_PAGE = 50_000
 
 
 class StatsService(pb.StatsServiceBase):
@@ -13,10 +16,10 @@ class StatsService(pb.StatsServiceBase):
         self._api = api
 
     async def list_rule_stats(self, message: pb.ListRuleStatsRequest) -> pb.ListRuleStatsResponse:
-        parse_page_token(message.page_token)  # a bad token fails before asking the datapath
-        stats = await self._api.rule_stats()
-        start, end, next_token = page_bounds(message.page_size, message.page_token, len(stats))
-        return pb.ListRuleStatsResponse(
-            stats=[convert.rule_stats_to_proto(s) for s in stats[start:end]],
-            next_page_token=next_token,
-        )
+        start = parse_page_token(message.page_token)  # a bad token fails before asking
+        size = min(message.page_size or DEFAULT_PAGE_SIZE, MAX_STATS_PAGE)
+        # One row more than the page tells whether another page follows; only the
+        # page's counters are read, and the reply is encoded by hand (fwd/api/statswire.py).
+        rows = await self._api.rule_stats(start, size + 1)
+        next_token = str(start + size) if len(rows) > size else ""
+        return statswire.EncodedStatsPage(statswire.encode_page(rows[:size], next_token))
