@@ -54,6 +54,8 @@ COMMANDS: dict[tuple[str, ...], list[str]] = {
     ("stats",): ["stats", "-o", "json"],
     ("rules", "list"): ["rules", "list", "-o", "json"],
     ("sets", "list"): ["sets", "list", "-o", "json"],
+    ("sets", "show"): ["sets", "show", "blocklist", "-o", "json"],
+    ("policy", "diff"): ["policy", "diff", "{policy}", "-o", "json"],
     ("cluster", "status"): ["cluster", "status", "-o", "json"],
     ("cluster", "policies"): ["cluster", "policies", "-o", "json"],
 }
@@ -144,7 +146,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         net.add_address(ns, "data0", "198.18.131.2/24")
         for name, where, extra in (
             ("local", ns, ()),
-            ("cluster", cnode, ("--etcd", etcd.url, "--node", "n0", "--label", "role=edge",
+            ("cluster", cnode, ("--etcd", etcd.url, "--etcd-insecure", "--node", "n0", "--label", "role=edge",
                                 "--exclude", "ctl0")),
         ):  # fmt: skip
             workdir = tmp_path / name
@@ -189,7 +191,8 @@ def test_every_json_output_follows_the_convention(lab: Lab, tmp_path: Path) -> N
     sub.join(30)
     assert got == {9999: 0}
     outputs = {
-        key: fwd(lab.clustered if key[0] == "cluster" else lab.local, *argv)
+        key: fwd(lab.clustered if key[0] == "cluster" else lab.local,
+                 *(str(path) if a == "{policy}" else a for a in argv))
         for key, argv in COMMANDS.items() if key != ("events",)
     }  # fmt: skip
     outputs[("events",)] = events_out[0] if events_out else ""
@@ -219,11 +222,12 @@ def test_an_empty_policy_file_is_refused_unless_allowed(lab: Lab, tmp_path: Path
     before = json.loads(fwd(lab.local, "policy", "get", "-o", "json"))
     for empty in ("/dev/null", str(tmp_path / "comments.yaml")):
         (tmp_path / "comments.yaml").write_text("# to do\n")
-        err = fwd(lab.local, "policy", "apply", empty, code=1)
+        # /dev/null has no extension: say its format (issue 16: .json strict, YAML by name or --format).
+        err = fwd(lab.local, "policy", "apply", empty, "--format", "yaml", code=1)
         assert "the policy is empty" in err and "--allow-empty" in err, err
     after = json.loads(fwd(lab.local, "policy", "get", "-o", "json"))
     assert after["revision"] == before["revision"] and after["policy"] == before["policy"]
-    assert fwd(lab.local, "policy", "apply", "/dev/null", "--allow-empty").startswith(
+    assert fwd(lab.local, "policy", "apply", "/dev/null", "--format", "yaml", "--allow-empty").startswith(
         f"applied revision {before['revision'] + 1}")
     now = json.loads(fwd(lab.local, "policy", "get", "-o", "json"))["policy"]
     assert now == {"default_action": "allow", "dry_run": False, "rules": []}
